@@ -1,0 +1,136 @@
+"""Staff console for people and clinics, scoped to the staff member's organization."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+
+from accounts import services
+from accounts.models import AuthToken, Organization, PatientProfile, ProviderProfile, Role, User
+from medease.admin import OrganizationScopedAdmin
+
+
+@admin.register(Organization)
+class OrganizationAdmin(OrganizationScopedAdmin):
+    organization_field = "pk"
+    list_display = ["name", "slug", "timezone", "created_at"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+
+    def has_add_permission(self, request):
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+
+class ProviderProfileInline(admin.StackedInline):
+    model = ProviderProfile
+    can_delete = False
+    extra = 0
+
+
+class PatientProfileInline(admin.StackedInline):
+    model = PatientProfile
+    can_delete = False
+    extra = 0
+
+
+class UserCreationForm(AdminUserCreationForm):
+    class Meta:
+        model = User
+        fields = ["email", "full_name", "role", "organization", "timezone"]
+
+
+class UserChangeAdminForm(UserChangeForm):
+    class Meta:
+        model = User
+        fields = "__all__"
+
+
+@admin.register(User)
+class UserAdmin(OrganizationScopedAdmin, DjangoUserAdmin):
+    form = UserChangeAdminForm
+    add_form = UserCreationForm
+    ordering = ["email"]
+    list_display = ["email", "full_name", "role", "organization", "is_active"]
+    list_filter = ["role", "is_active"]
+    list_select_related = ["organization"]
+    search_fields = ["email", "full_name"]
+    readonly_fields = ["date_joined", "last_login", "credentials_changed_at"]
+    fieldsets = [
+        (None, {"fields": ["email", "password"]}),
+        ("Person", {"fields": ["full_name", "role", "organization", "timezone"]}),
+        (
+            "Status",
+            {"fields": ["is_active", "date_joined", "last_login", "credentials_changed_at"]},
+        ),
+    ]
+    superuser_fieldsets = [
+        ("Superuser", {"fields": ["is_superuser", "groups", "user_permissions"]})
+    ]
+    add_fieldsets = [
+        (
+            None,
+            {
+                "classes": ["wide"],
+                "fields": [
+                    "email",
+                    "full_name",
+                    "role",
+                    "organization",
+                    "timezone",
+                    "password1",
+                    "password2",
+                ],
+            },
+        )
+    ]
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and request.user.is_superuser:
+            return [*fieldsets, *self.superuser_fieldsets]
+        return fieldsets
+
+    def get_inlines(self, request, obj):
+        if obj is None:
+            return []
+        if obj.role == Role.PROVIDER:
+            return [ProviderProfileInline]
+        if obj.role == Role.PATIENT:
+            return [PatientProfileInline]
+        return []
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            # Staff cannot move people to another clinic.
+            fields.append("organization")
+        return fields
+
+    def formfield_for_choice_field(self, db_field, request, **kwargs):
+        if db_field.name == "role" and not request.user.is_superuser:
+            # Staff manage their clinic's providers and staff; never administrators.
+            kwargs["choices"] = [(Role.PROVIDER, "Provider"), (Role.STAFF, "Staff")]
+        return super().formfield_for_choice_field(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        if not request.user.is_superuser:
+            obj.organization_id = request.user.organization_id
+        super().save_model(request, obj, form, change)
+        services.user_ensure_profile(user=obj)
+
+
+@admin.register(AuthToken)
+class AuthTokenAdmin(admin.ModelAdmin):
+    """Superusers only: see and revoke sessions. The digest is not a usable secret."""
+
+    list_display = ["user", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_select_related = ["user"]
+    readonly_fields = ["digest", "user", "created_at", "last_used_at", "expires_at"]
+    search_fields = ["user__email"]
+
+    def has_add_permission(self, request):
+        return False

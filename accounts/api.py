@@ -1,0 +1,121 @@
+"""Accounts API: register, login, logout, password change, and the caller's profile."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import selectors, services
+from accounts.serializers import (
+    LoginInput,
+    LoginOutput,
+    MeUpdateInput,
+    PasswordChangeInput,
+    RegisterInput,
+    UserOutput,
+)
+from medease import ratelimit
+from medease.exceptions import NotAuthenticated
+
+
+def _login_account_key(group: str, request) -> str:
+    return services.normalize_email(str(request.data.get("email", "")))
+
+
+class RegisterApi(APIView):
+    """Patient sign-up."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=RegisterInput, responses={201: UserOutput})
+    def post(self, request):
+        ratelimit.hit(request, name="register_ip", key=ratelimit.by_ip)
+        data = RegisterInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = services.patient_register(
+            email=data.validated_data["email"],
+            password=data.validated_data["password"],
+            full_name=data.validated_data["full_name"],
+            timezone_name=data.validated_data["timezone"],
+        )
+        return Response(UserOutput(user).data, status=status.HTTP_201_CREATED)
+
+
+class LoginApi(APIView):
+    """Exchange email and password for a bearer token."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=LoginInput, responses={200: LoginOutput})
+    def post(self, request):
+        data = LoginInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        # Only failures count, per IP and per account; a locked-out account answers 429
+        # before the password is even checked.
+        ratelimit.check(request, name="login_ip", key=ratelimit.by_ip)
+        ratelimit.check(request, name="login_account", key=_login_account_key)
+        try:
+            raw, token = services.auth_login(
+                email=data.validated_data["email"],
+                password=data.validated_data["password"],
+                user_agent=request.headers.get("User-Agent", ""),
+            )
+        except NotAuthenticated:
+            ratelimit.count(request, name="login_ip", key=ratelimit.by_ip)
+            ratelimit.count(request, name="login_account", key=_login_account_key)
+            raise
+        body = {
+            "token": raw,
+            "expires_at": token.expires_at,
+            "idle_expires_at": selectors.token_idle_expiry(token=token),
+            "user": token.user,
+        }
+        return Response(LoginOutput(body).data)
+
+
+class LogoutApi(APIView):
+    """Revoke the token this request was made with."""
+
+    @extend_schema(request=None, responses={204: None})
+    def post(self, request):
+        services.token_revoke(token=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PasswordChangeApi(APIView):
+    """Change the caller's password; every token of theirs is revoked (sign in again)."""
+
+    @extend_schema(request=PasswordChangeInput, responses={204: None})
+    def post(self, request):
+        data = PasswordChangeInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.user_change_password(
+            user=request.user,
+            old_password=data.validated_data["old_password"],
+            new_password=data.validated_data["new_password"],
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MeApi(APIView):
+    """The caller's own profile."""
+
+    @extend_schema(responses={200: UserOutput})
+    def get(self, request):
+        return Response(UserOutput(request.user).data)
+
+    @extend_schema(request=MeUpdateInput, responses={200: UserOutput})
+    def patch(self, request):
+        data = MeUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = services.user_update_profile(
+            user=request.user,
+            full_name=data.validated_data.get("full_name"),
+            timezone_name=data.validated_data.get("timezone"),
+        )
+        return Response(UserOutput(user).data)

@@ -1,0 +1,189 @@
+"""Organizations, users with roles, their profiles, and API tokens."""
+
+from __future__ import annotations
+
+import zoneinfo
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils.timezone import now
+
+
+def validate_timezone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not a known IANA time zone (e.g. Europe/Paris).")
+
+
+class Organization(models.Model):
+    """A clinic: providers and staff belong to exactly one."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=60, unique=True)
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Role(models.TextChoices):
+    PATIENT = "patient", "Patient"
+    PROVIDER = "provider", "Provider"
+    STAFF = "staff", "Staff"
+    ADMIN = "admin", "Administrator"
+
+
+class UserManager(BaseUserManager):
+    """Creates users by email; writes outside tests go through accounts.services."""
+
+    use_in_migrations = True
+
+    def create_user(self, email: str, password: str | None = None, **fields) -> User:
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email).lower(), **fields)
+        user.set_password(password)
+        user.full_clean(exclude=["password"])
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email: str, password: str | None = None, **fields) -> User:
+        fields.setdefault("role", Role.ADMIN)
+        fields.setdefault("full_name", "Administrator")
+        fields["is_superuser"] = True
+        return self.create_user(email, password, **fields)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """Anyone who signs in: patients, providers, staff and administrators, by email."""
+
+    email = models.EmailField(max_length=254, unique=True)
+    full_name = models.CharField(max_length=200)
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.PATIENT)
+    organization = models.ForeignKey(
+        Organization,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="members",
+        help_text="Required for providers and staff; patients belong to no organization.",
+    )
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    is_active = models.BooleanField(default=True)
+    date_joined = models.DateTimeField(default=now, editable=False)
+    # Tokens issued before this moment are refused: set on every password change, so a
+    # password changed anywhere (API, admin, shell) revokes the old sessions.
+    credentials_changed_at = models.DateTimeField(default=now, editable=False)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS = ["full_name"]
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(Lower("email"), name="accounts_user_email_ci_unique"),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(role=Role.PATIENT, organization__isnull=True)
+                    | models.Q(role__in=[Role.PROVIDER, Role.STAFF], organization__isnull=False)
+                    | models.Q(role=Role.ADMIN)
+                ),
+                name="accounts_user_role_organization",
+                violation_error_message=(
+                    "Providers and staff need an organization; patients have none."
+                ),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.full_name} <{self.email}>"
+
+    def set_password(self, raw_password: str | None) -> None:
+        super().set_password(raw_password)
+        self.credentials_changed_at = now()
+
+    @property
+    def is_staff(self) -> bool:
+        """Django admin access: clinic staff and administrators."""
+        return self.is_active and (self.role in (Role.STAFF, Role.ADMIN) or self.is_superuser)
+
+    @property
+    def is_patient(self) -> bool:
+        return self.role == Role.PATIENT
+
+    @property
+    def is_provider(self) -> bool:
+        return self.role == Role.PROVIDER
+
+    @property
+    def is_clinic_staff(self) -> bool:
+        return self.role == Role.STAFF
+
+    def has_perm(self, perm: str, obj=None) -> bool:
+        from medease.permissions import staff_console_allows
+
+        if self.is_active and self.role == Role.STAFF and staff_console_allows(perm):
+            return True
+        return super().has_perm(perm, obj)
+
+    def has_module_perms(self, app_label: str) -> bool:
+        from medease.permissions import staff_console_allows_app
+
+        if self.is_active and self.role == Role.STAFF and staff_console_allows_app(app_label):
+            return True
+        return super().has_module_perms(app_label)
+
+
+class ProviderProfile(models.Model):
+    """What patients see of a provider, and how long their consultations last."""
+
+    user = models.OneToOneField(
+        User, on_delete=models.CASCADE, primary_key=True, related_name="provider_profile"
+    )
+    specialty = models.CharField(max_length=120, db_index=True)
+    bio = models.TextField(blank=True)
+    consultation_minutes = models.PositiveSmallIntegerField(default=30)
+
+    def __str__(self) -> str:
+        return f"{self.user.full_name} ({self.specialty})"
+
+
+class PatientProfile(models.Model):
+    """A patient's personal details (PHI). Soft-deleted only: ``deleted_at`` is set."""
+
+    user = models.OneToOneField(
+        User, on_delete=models.CASCADE, primary_key=True, related_name="patient_profile"
+    )
+    date_of_birth = models.DateField(null=True, blank=True)
+    phone = models.CharField(max_length=32, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Patient profile of {self.user.full_name}"
+
+
+class AuthToken(models.Model):
+    """An API bearer token. Only its SHA-256 digest is stored; the token is shown once."""
+
+    digest = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="auth_tokens")
+    created_at = models.DateTimeField(default=now)
+    last_used_at = models.DateTimeField(default=now)
+    expires_at = models.DateTimeField(help_text="Absolute expiry, whatever the activity.")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    user_agent = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["expires_at"], name="accounts_token_expires_idx")]
+
+    def __str__(self) -> str:
+        return f"Token {self.pk} of user {self.user_id}"

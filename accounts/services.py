@@ -1,0 +1,249 @@
+"""Every write to accounts: users, profiles, organizations and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.contrib.auth import authenticate
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import (
+    AuthToken,
+    Organization,
+    PatientProfile,
+    ProviderProfile,
+    Role,
+    User,
+    validate_timezone,
+)
+from medease import db as db_routing
+from medease.exceptions import Conflict, InvalidInput, NotAuthenticated
+
+
+def token_digest(raw: str) -> str:
+    """Tokens carry 256 bits of randomness, so a fast hash is enough to store them safely."""
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _check_password(password: str, *, user: User | None = None, field: str = "password") -> None:
+    try:
+        validate_password(password, user=user)
+    except ValidationError as exc:
+        raise InvalidInput("The password is too weak.", fields={field: exc.messages}) from exc
+
+
+def _check_timezone(value: str) -> None:
+    try:
+        validate_timezone(value)
+    except ValidationError as exc:
+        raise InvalidInput("Unknown time zone.", fields={"timezone": exc.messages}) from exc
+
+
+def organization_create(*, name: str, slug: str, timezone_name: str = "UTC") -> Organization:
+    """Create a clinic."""
+    _check_timezone(timezone_name)
+    try:
+        with transaction.atomic():
+            return Organization.objects.create(name=name, slug=slug, timezone=timezone_name)
+    except IntegrityError as exc:
+        raise Conflict("An organization with this slug exists.", code="slug_taken") from exc
+
+
+def user_create(
+    *,
+    email: str,
+    password: str,
+    full_name: str,
+    role: str = Role.PATIENT,
+    organization: Organization | None = None,
+    timezone_name: str = "UTC",
+    specialty: str = "",
+    bio: str = "",
+    consultation_minutes: int = 30,
+    validate: bool = True,
+) -> User:
+    """Create a user of any role with the profile that role needs (one transaction)."""
+    email = normalize_email(email)
+    _check_timezone(timezone_name)
+    if role in (Role.PROVIDER, Role.STAFF) and organization is None:
+        raise InvalidInput(
+            "Providers and staff need an organization.",
+            fields={"organization": ["This field is required for this role."]},
+        )
+    if role == Role.PATIENT and organization is not None:
+        raise InvalidInput(
+            "Patients belong to no organization.",
+            fields={"organization": ["Patients have no organization."]},
+        )
+    user = User(
+        email=email,
+        full_name=full_name.strip(),
+        role=role,
+        organization=organization,
+        timezone=timezone_name,
+    )
+    if validate:
+        _check_password(password, user=user)
+    user.set_password(password)
+    try:
+        with transaction.atomic():
+            user.save()
+            if role == Role.PATIENT:
+                PatientProfile.objects.create(user=user)
+            elif role == Role.PROVIDER:
+                ProviderProfile.objects.create(
+                    user=user,
+                    specialty=specialty,
+                    bio=bio,
+                    consultation_minutes=consultation_minutes,
+                )
+    except IntegrityError as exc:
+        # The case-insensitive unique index decides, also between two concurrent sign-ups.
+        raise Conflict(
+            "An account with this email already exists.",
+            code="email_taken",
+            fields={"email": ["An account with this email already exists."]},
+        ) from exc
+    return user
+
+
+def user_ensure_profile(*, user: User) -> None:
+    """Give a user the profile their role needs, if they have none yet (idempotent)."""
+    if user.role == Role.PROVIDER:
+        ProviderProfile.objects.get_or_create(user=user)
+    elif user.role == Role.PATIENT:
+        PatientProfile.objects.get_or_create(user=user)
+
+
+def patient_register(*, email: str, password: str, full_name: str, timezone_name: str = "UTC"):
+    """Self-service sign-up: always a patient."""
+    return user_create(
+        email=email,
+        password=password,
+        full_name=full_name,
+        role=Role.PATIENT,
+        timezone_name=timezone_name,
+    )
+
+
+def user_update_profile(
+    *, user: User, full_name: str | None = None, timezone_name: str | None = None
+) -> User:
+    """Change the fields a user may edit about themselves."""
+    if timezone_name is not None:
+        _check_timezone(timezone_name)
+        user.timezone = timezone_name
+    if full_name is not None:
+        user.full_name = full_name.strip()
+    user.save(update_fields=["full_name", "timezone"])
+    return user
+
+
+def token_issue(*, user: User, user_agent: str = "") -> tuple[str, AuthToken]:
+    """Create a token; the raw value is returned once and never stored."""
+    raw = secrets.token_urlsafe(32)
+    now = timezone.now()
+    token = AuthToken.objects.create(
+        digest=token_digest(raw),
+        user=user,
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + settings.TOKEN_ABSOLUTE_LIFETIME,
+        user_agent=user_agent[:200],
+    )
+    return raw, token
+
+
+def auth_login(*, email: str, password: str, user_agent: str = "") -> tuple[str, AuthToken]:
+    """Check credentials and issue a token.
+
+    Unknown email and wrong password raise the same error; Django's ModelBackend also
+    hashes a dummy password for unknown users so the two take about the same time.
+    """
+    user = authenticate(username=normalize_email(email), password=password)
+    if user is None:
+        raise NotAuthenticated("Email or password is incorrect.", code="invalid_credentials")
+    return token_issue(user=user, user_agent=user_agent)
+
+
+def token_touch(*, token: AuthToken) -> None:
+    """Slide the idle expiry, at most once per TOKEN_TOUCH_INTERVAL.
+
+    Written straight to the primary with an explicit alias so that merely using a token
+    does not count as "this request wrote" for read-your-writes routing.
+    """
+    now = timezone.now()
+    if now - token.last_used_at < settings.TOKEN_TOUCH_INTERVAL:
+        return
+    AuthToken.objects.using(db_routing.PRIMARY).filter(pk=token.pk).update(last_used_at=now)
+    token.last_used_at = now
+
+
+def token_revoke(*, token: AuthToken) -> None:
+    """Logout: this token stops working at once."""
+    AuthToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    _on_credentials_revoked(user_id=token.user_id)
+
+
+def user_tokens_revoke_all(*, user: User) -> int:
+    """Revoke every token of a user (password change, deactivation)."""
+    revoked = AuthToken.objects.filter(user=user, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    _on_credentials_revoked(user_id=user.pk)
+    return revoked
+
+
+def user_change_password(*, user: User, old_password: str, new_password: str) -> None:
+    """Change a password; all the user's tokens are revoked."""
+    if not user.check_password(old_password):
+        raise InvalidInput(
+            "The current password is incorrect.",
+            fields={"old_password": ["The current password is incorrect."]},
+        )
+    _check_password(new_password, user=user, field="new_password")
+    with transaction.atomic():
+        user.set_password(new_password)
+        user.save(update_fields=["password", "credentials_changed_at"])
+        user_tokens_revoke_all(user=user)
+
+
+def user_deactivate(*, user: User) -> None:
+    """Deactivate an account: it can no longer sign in, its tokens stop working."""
+    with transaction.atomic():
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+        user_tokens_revoke_all(user=user)
+
+
+def tokens_purge_expired() -> int:
+    """Delete tokens past their absolute expiry or revoked more than a day ago."""
+    now = timezone.now()
+    deleted, _ = AuthToken.objects.filter(expires_at__lt=now).delete()
+    stale_revoked, _ = AuthToken.objects.filter(
+        revoked_at__lt=now - timezone.timedelta(days=1)
+    ).delete()
+    return deleted + stale_revoked
+
+
+# Listeners that close a user's open websockets when their credentials are revoked; the
+# messaging app registers one (kept as a hook so accounts does not import messaging).
+_revocation_listeners: list = []
+
+
+def on_credentials_revoked(listener) -> None:
+    _revocation_listeners.append(listener)
+
+
+def _on_credentials_revoked(*, user_id: int) -> None:
+    for listener in _revocation_listeners:
+        transaction.on_commit(lambda listener=listener: listener(user_id=user_id))

@@ -1,0 +1,30 @@
+"""Top-level URLs: the versioned API, ops endpoints, OpenAPI docs and the staff console."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from medease import views as ops
+
+admin.site.site_header = "MedEase staff console"
+admin.site.site_title = "MedEase"
+admin.site.index_title = "Clinic administration"
+
+api_v1 = [
+    path("", include("accounts.urls")),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("health/live", ops.health_live, name="health-live"),
+    path("health/ready", ops.health_ready, name="health-ready"),
+    path("metrics", ops.metrics_view, name="metrics"),
+    path("admin/", admin.site.urls),
+]
+
+handler400 = "medease.exceptions.json_bad_request"
+handler403 = "medease.exceptions.json_permission_denied"
+handler404 = "medease.exceptions.json_not_found"
+handler500 = "medease.exceptions.json_server_error"

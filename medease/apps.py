@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MedeaseConfig(AppConfig):
+    name = "medease"
+    verbose_name = "MedEase infrastructure"

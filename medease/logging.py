@@ -1,0 +1,16 @@
+"""Logging helpers: every log line carries the request id of the request that wrote it."""
+
+from __future__ import annotations
+
+import logging
+
+from medease.context import current_request_id
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to each record so formatters can print it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = current_request_id()
+        return True

@@ -1,0 +1,44 @@
+"""Role checks for the API and the staff console's permission policy."""
+
+from __future__ import annotations
+
+from rest_framework.permissions import BasePermission
+
+# What clinic staff may do in the admin console. Scoping to their own organization is
+# done by each ModelAdmin's queryset (medease.admin.OrganizationScopedAdmin).
+STAFF_CONSOLE_PERMISSIONS: dict[str, set[str]] = {
+    "accounts": {
+        "view_organization",
+        "change_organization",
+        "view_user",
+        "add_user",
+        "change_user",
+        "view_providerprofile",
+        "change_providerprofile",
+        "view_patientprofile",
+    },
+}
+
+
+def staff_console_allows(perm: str) -> bool:
+    app_label, _, codename = perm.partition(".")
+    return codename in STAFF_CONSOLE_PERMISSIONS.get(app_label, set())
+
+
+def staff_console_allows_app(app_label: str) -> bool:
+    return bool(STAFF_CONSOLE_PERMISSIONS.get(app_label))
+
+
+class IsPatient(BasePermission):
+    message = "Only patients may do this."
+
+    def has_permission(self, request, view) -> bool:
+        return bool(request.user and request.user.is_authenticated and request.user.is_patient)
+
+
+class IsProviderOrStaff(BasePermission):
+    message = "Only providers and clinic staff may do this."
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and user.role in ("provider", "staff"))

@@ -1,0 +1,3 @@
+"""Websocket routes (the consultation chat consumer lands with the chat issue)."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,91 @@
+"""The staff console: staff see and edit only their own organization's people."""
+
+from __future__ import annotations
+
+import pytest
+
+from accounts.models import Role, User
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_browser(client, staff):
+    client.force_login(staff)
+    return client
+
+
+def test_staff_can_open_the_console(staff_browser):
+    assert staff_browser.get("/admin/").status_code == 200
+
+
+def test_patients_and_providers_cannot_open_the_console(client, patient, provider):
+    for user in (patient, provider):
+        client.force_login(user)
+        response = client.get("/admin/")
+        assert response.status_code == 302
+        assert "/admin/login/" in response["Location"]
+
+
+def test_staff_see_only_their_organizations_people(
+    staff_browser, make_user, organization, other_organization
+):
+    mine = make_user(Role.PROVIDER, organization=organization, full_name="Mine Provider")
+    theirs = make_user(Role.PROVIDER, organization=other_organization, full_name="Their Provider")
+    page = staff_browser.get("/admin/accounts/user/").content.decode()
+    assert mine.email in page
+    assert theirs.email not in page
+    assert staff_browser.get(f"/admin/accounts/user/{theirs.pk}/change/").status_code in (302, 404)
+    assert staff_browser.get(f"/admin/accounts/user/{mine.pk}/change/").status_code == 200
+
+
+def test_staff_edit_keeps_the_organization_and_cannot_grant_admin(
+    staff_browser, make_user, organization, other_organization
+):
+    provider = make_user(Role.PROVIDER, organization=organization)
+    response = staff_browser.post(
+        f"/admin/accounts/user/{provider.pk}/change/",
+        {
+            "email": provider.email,
+            "full_name": "Renamed Provider",
+            "role": Role.ADMIN,
+            "organization": other_organization.pk,
+            "timezone": "UTC",
+            "is_active": "on",
+            "provider_profile-TOTAL_FORMS": "1",
+            "provider_profile-INITIAL_FORMS": "1",
+            "provider_profile-MIN_NUM_FORMS": "0",
+            "provider_profile-MAX_NUM_FORMS": "1",
+            "provider_profile-0-user": provider.pk,
+            "provider_profile-0-specialty": "Cardiology",
+            "provider_profile-0-bio": "",
+            "provider_profile-0-consultation_minutes": "30",
+        },
+    )
+    provider.refresh_from_db()
+    assert provider.role == Role.PROVIDER  # "admin" is not a choice for staff: form error
+    assert provider.organization_id == organization.id
+    assert response.status_code == 200  # the form is re-shown with the error
+
+
+def test_staff_add_a_provider_to_their_clinic(staff_browser, organization):
+    response = staff_browser.post(
+        "/admin/accounts/user/add/",
+        {
+            "email": "new.doc@example.test",
+            "full_name": "New Doc",
+            "role": Role.PROVIDER,
+            "timezone": "America/New_York",
+            "usable_password": "true",
+            "password1": "a-long-secure-passphrase-1",
+            "password2": "a-long-secure-passphrase-1",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    user = User.objects.get(email="new.doc@example.test")
+    assert user.organization_id == organization.id
+    assert user.provider_profile.consultation_minutes == 30
+
+
+def test_staff_cannot_see_tokens(staff_browser):
+    assert staff_browser.get("/admin/accounts/authtoken/").status_code == 403

@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PORT
 
-.PHONY: run test lint format migrate seed bench clean install install-dev
+.PHONY: run test lint format migrate seed bench clean install install-dev \
+	cluster cluster-stop cluster-status cluster-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +45,7 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python manage.py makemigrations --check --dry-run
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	MEDEASE_VAR_DIR=$${MEDEASE_VAR_DIR:-$(CURDIR)/var/test} $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -62,6 +63,21 @@ seed: migrate
 
 bench: install-dev
 	$(BIN)/python bench/http_bench.py
+
+## cluster: nginx + two web nodes + a streaming replica + Redis + worker + beat, on this machine
+cluster: install
+	$(BIN)/python scripts/cluster/cluster.py up
+
+## cluster-stop: stop everything `make cluster` started (the database is kept)
+cluster-stop:
+	$(PYTHON) scripts/cluster/cluster.py down
+
+cluster-status:
+	$(PYTHON) scripts/cluster/cluster.py status
+
+## cluster-smoke: through nginx, book and chat with the two participants on different nodes
+cluster-smoke: install-dev
+	$(BIN)/python scripts/cluster/smoke.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -25,6 +25,10 @@ class OrganizationAdmin(OrganizationScopedAdmin):
         return request.user.is_superuser
 
 
+# Other apps add inlines shown on a provider's page (consultations: availability).
+provider_inlines: list = []
+
+
 class ProviderProfileInline(admin.StackedInline):
     model = ProviderProfile
     can_delete = False
@@ -98,7 +102,7 @@ class UserAdmin(OrganizationScopedAdmin, DjangoUserAdmin):
         if obj is None:
             return []
         if obj.role == Role.PROVIDER:
-            return [ProviderProfileInline]
+            return [ProviderProfileInline, *provider_inlines]
         if obj.role == Role.PATIENT:
             return [PatientProfileInline]
         return []

@@ -9,13 +9,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
+from messaging.middleware import ChatAuthMiddleware  # noqa: E402
 from messaging.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        # Authentication happens here, not in consumers: a single-use ticket from any
+        # origin, or a session cookie only from allowed origins (messaging/middleware.py).
+        "websocket": SessionMiddlewareStack(ChatAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

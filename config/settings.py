@@ -129,9 +129,16 @@ DATABASE_REPLICA_URLS = env.list("DATABASE_REPLICA_URLS", default=[])
 DATABASE_POOL_MIN_SIZE = env.int("DATABASE_POOL_MIN_SIZE", default=1)
 DATABASE_POOL_MAX_SIZE = _positive_int("DATABASE_POOL_MAX_SIZE", 20)
 DATABASE_POOL_TIMEOUT = _positive_float("DATABASE_POOL_TIMEOUT", 10.0)
+# How long a read waits for a replica connection (connect and pool checkout) before it
+# uses the primary instead: a dead replica must cost little, not the primary's timeout.
+DATABASE_REPLICA_TIMEOUT = _positive_float("DATABASE_REPLICA_TIMEOUT", 2.0)
+# Set when DATABASE_URL points at PgBouncer in transaction mode (docs/scaling.md).
+DATABASE_DISABLE_SERVER_SIDE_CURSORS = env.bool(
+    "DATABASE_DISABLE_SERVER_SIDE_CURSORS", default=False
+)
 
 
-def _postgres_config(url: str, *, alias: str) -> dict:
+def _postgres_config(url: str, *, alias: str, replica: bool = False) -> dict:
     config = env.db_url_config(url)
     if config["ENGINE"] not in ("django.db.backends.postgresql",):
         raise ImproperlyConfigured(
@@ -146,16 +153,24 @@ def _postgres_config(url: str, *, alias: str) -> dict:
         "pool": {
             "min_size": DATABASE_POOL_MIN_SIZE,
             "max_size": DATABASE_POOL_MAX_SIZE,
-            "timeout": DATABASE_POOL_TIMEOUT,
+            "timeout": DATABASE_REPLICA_TIMEOUT if replica else DATABASE_POOL_TIMEOUT,
         },
     }
+    # Behind PgBouncer in transaction mode a named cursor would not survive its transaction.
+    config["DISABLE_SERVER_SIDE_CURSORS"] = DATABASE_DISABLE_SERVER_SIDE_CURSORS
+    if replica:
+        # libpq rounds connect_timeout to whole seconds (minimum 2).
+        config["OPTIONS"].setdefault("connect_timeout", max(2, round(DATABASE_REPLICA_TIMEOUT)))
+        # The pool checks a replica connection before handing it out, so one that died
+        # with its server is replaced instead of failing the read.
+        config["CONN_HEALTH_CHECKS"] = True
     return config
 
 
 if DATABASE_URL:
     DATABASES = {"default": _postgres_config(DATABASE_URL, alias="DATABASE_URL")}
     for _index, _url in enumerate(DATABASE_REPLICA_URLS, start=1):
-        _replica = _postgres_config(_url, alias=f"DATABASE_REPLICA_URLS[{_index}]")
+        _replica = _postgres_config(_url, alias=f"DATABASE_REPLICA_URLS[{_index}]", replica=True)
         # In tests the replica mirrors the primary's test database.
         _replica["TEST"] = {"MIRROR": "default"}
         DATABASES[f"replica{_index}"] = _replica
@@ -190,15 +205,27 @@ READ_YOUR_WRITES_SECONDS = _positive_float("READ_YOUR_WRITES_SECONDS", 5.0)
 MAX_REPLICA_LAG = _positive_float("MAX_REPLICA_LAG", 2.0)
 # How long a replica that failed stays out of rotation before it is tried again.
 REPLICA_RETRY_SECONDS = _positive_float("REPLICA_RETRY_SECONDS", 5.0)
+# How often each process probes its replicas' reachability and lag (keep it at most half
+# of MAX_REPLICA_LAG: lag is measured to within one interval).
+REPLICA_CHECK_INTERVAL = _positive_float("REPLICA_CHECK_INTERVAL", 1.0)
+# Tests only: responses say how many queries ran on each database alias (X-DB-Queries)
+# and whether that connection was a replica (X-DB-Recovery). Never in production.
+DB_ROUTING_DIAGNOSTICS = env.bool("DB_ROUTING_DIAGNOSTICS", default=False)
 
 # --- Cache, rate limits, channel layer ---------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 CACHE_SOCKET_TIMEOUT = _positive_float("CACHE_SOCKET_TIMEOUT", 0.5)
+# After a Redis connection error or timeout, this process skips that Redis for this long
+# instead of paying a timeout on every cache call (medease/cache.py); 0 turns it off.
+CACHE_CIRCUIT_BREAKER_SECONDS = env.float("CACHE_CIRCUIT_BREAKER_SECONDS", default=3.0)
+if CACHE_CIRCUIT_BREAKER_SECONDS < 0:
+    raise ImproperlyConfigured("CACHE_CIRCUIT_BREAKER_SECONDS must be 0 or more.")
 
 if REDIS_URL:
     _redis_options = {
         "SOCKET_CONNECT_TIMEOUT": CACHE_SOCKET_TIMEOUT,
         "SOCKET_TIMEOUT": CACHE_SOCKET_TIMEOUT,
+        "REDIS_CLIENT_CLASS": "medease.cache.CircuitBreakerRedis",
     }
     CACHES = {
         # Hot reads: a Redis outage degrades to the database instead of failing requests.
@@ -389,3 +416,157 @@ LOGGING = {
         "daphne": {"level": "WARNING"},
     },
 }
+
+# --- Clinic core (consultations) ---------------------------------------------------------
+# How many days ahead the beat job keeps slots materialized.
+SLOTS_MATERIALIZE_DAYS = _positive_int("SLOTS_MATERIALIZE_DAYS", 28)
+# Cached open slots expire after this even without an invalidation (a safety net).
+SLOTS_CACHE_SECONDS = _positive_int("SLOTS_CACHE_SECONDS", 60)
+# The widest start..end window the slots endpoint answers.
+SLOTS_MAX_WINDOW_DAYS = _positive_int("SLOTS_MAX_WINDOW_DAYS", 31)
+DASHBOARD_CACHE_SECONDS = _positive_int("DASHBOARD_CACHE_SECONDS", 30)
+PROVIDERS_CACHE_SECONDS = _positive_int("PROVIDERS_CACHE_SECONDS", 300)
+# Patients may cancel or reschedule until this many minutes before the start (0: until it).
+CONSULTATION_CANCEL_CUTOFF_MINUTES = env.int("CONSULTATION_CANCEL_CUTOFF_MINUTES", default=0)
+if CONSULTATION_CANCEL_CUTOFF_MINUTES < 0:
+    raise ImproperlyConfigured("CONSULTATION_CANCEL_CUTOFF_MINUTES must be 0 or more.")
+# A scheduled consultation never started this many minutes after its end is a no-show.
+CONSULTATION_NO_SHOW_GRACE_MINUTES = _positive_int("CONSULTATION_NO_SHOW_GRACE_MINUTES", 15)
+# A walk-in entry still waiting after this many minutes expires.
+QUEUE_ENTRY_STALE_MINUTES = _positive_int("QUEUE_ENTRY_STALE_MINUTES", 240)
+# The wait estimate is the median of this many recent consultations within this many days.
+QUEUE_WAIT_HISTORY = _positive_int("QUEUE_WAIT_HISTORY", 20)
+QUEUE_WAIT_HISTORY_DAYS = _positive_int("QUEUE_WAIT_HISTORY_DAYS", 30)
+
+# --- Notifications -----------------------------------------------------------------------
+# The outbox (workers/): retries, the lease that recovers a row whose worker died mid-send,
+# the sweeper and reminders. workers/services.py explains how these make delivery
+# exactly-once; the checks below refuse combinations that would break that argument.
+NOTIFICATION_MAX_ATTEMPTS = _positive_int("NOTIFICATION_MAX_ATTEMPTS", 6)
+# Backoff after failed attempt n: min(MAX, BASE * 2**(n-1)), jittered down to half of it.
+NOTIFICATION_RETRY_BASE_SECONDS = _positive_float("NOTIFICATION_RETRY_BASE_SECONDS", 30.0)
+NOTIFICATION_RETRY_MAX_SECONDS = _positive_float("NOTIFICATION_RETRY_MAX_SECONDS", 3600.0)
+# Hard time limit of one delivery task (the soft limit is 80% of it). The SMTP timeout must
+# fit inside the soft limit, and the lease must outlast the hard limit: a worker that is
+# alive is never mistaken for a dead one.
+NOTIFICATION_TASK_TIME_LIMIT = _positive_float("NOTIFICATION_TASK_TIME_LIMIT", 60.0)
+NOTIFICATION_LEASE_SECONDS = _positive_float("NOTIFICATION_LEASE_SECONDS", 300.0)
+EMAIL_TIMEOUT = _positive_float("EMAIL_TIMEOUT", 20.0)
+# The sweeper's period; rows whose delivery task has not shown up this long after it was
+# enqueued (broker down at commit time, message lost) are enqueued again; rows per run.
+NOTIFICATION_SWEEP_SECONDS = _positive_float("NOTIFICATION_SWEEP_SECONDS", 60.0)
+NOTIFICATION_RENUDGE_SECONDS = _positive_float("NOTIFICATION_RENUDGE_SECONDS", 120.0)
+NOTIFICATION_SWEEP_BATCH = _positive_int("NOTIFICATION_SWEEP_BATCH", 500)
+# The reminders job's period and how many consultations one run handles (catch-up after
+# downtime proceeds in batches instead of one flood).
+NOTIFICATION_REMINDERS_SECONDS = _positive_float("NOTIFICATION_REMINDERS_SECONDS", 60.0)
+NOTIFICATION_REMINDERS_BATCH = _positive_int("NOTIFICATION_REMINDERS_BATCH", 500)
+# At most one unread-messages email per consultation and participant in this window.
+NOTIFICATION_UNREAD_WINDOW_SECONDS = _positive_int("NOTIFICATION_UNREAD_WINDOW_SECONDS", 900)
+# Absolute base URL used in email links.
+SITE_URL = env.str("SITE_URL", default=f"http://127.0.0.1:{PORT}").rstrip("/")
+# Nothing is enqueued with a countdown longer than this (retries, deferred deliveries);
+# work due later is left to the sweeper. With a Redis broker an unacknowledged message is
+# redelivered after the visibility timeout, which must therefore exceed every countdown.
+CELERY_MAX_COUNTDOWN_SECONDS = _positive_float("CELERY_MAX_COUNTDOWN_SECONDS", 600.0)
+CELERY_BROKER_VISIBILITY_TIMEOUT = _positive_float("CELERY_BROKER_VISIBILITY_TIMEOUT", 7200.0)
+# Prefix for every broker key in Redis, to share one Redis database between deployments.
+CELERY_BROKER_KEY_PREFIX = env.str("CELERY_BROKER_KEY_PREFIX", default="")
+# One OpenAPI name for the notification kinds (the list and the preferences share them).
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {})["NotificationKindEnum"] = (
+    "workers.models.NotificationKind"
+)
+
+if NOTIFICATION_LEASE_SECONDS <= NOTIFICATION_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        "NOTIFICATION_LEASE_SECONDS must exceed NOTIFICATION_TASK_TIME_LIMIT, or a slow but "
+        "live delivery could be taken over and the email sent twice."
+    )
+if EMAIL_TIMEOUT >= NOTIFICATION_TASK_TIME_LIMIT * 0.8:
+    raise ImproperlyConfigured(
+        "EMAIL_TIMEOUT must be below the delivery task's soft time limit "
+        "(80% of NOTIFICATION_TASK_TIME_LIMIT)."
+    )
+if CELERY_BROKER_VISIBILITY_TIMEOUT <= CELERY_MAX_COUNTDOWN_SECONDS:
+    raise ImproperlyConfigured(
+        "CELERY_BROKER_VISIBILITY_TIMEOUT must exceed CELERY_MAX_COUNTDOWN_SECONDS, or Redis "
+        "redelivers scheduled tasks before they are due."
+    )
+
+# --- Messaging ---------------------------------------------------------------------------
+# Chat (messaging/): websocket tickets, frame and rate limits, presence, offline
+# notifications, partitions, and the channel layer the chat fans out through.
+# A websocket ticket is single use and valid this long after POST ws-ticket.
+MESSAGING_TICKET_TTL_SECONDS = _positive_int("MESSAGING_TICKET_TTL_SECONDS", 30)
+# Largest inbound websocket text frame the consumer accepts (a 10,000-character body in
+# UTF-8 fits); the ASGI server's own limit (Procfile --ws-max-size) caps what it buffers.
+MESSAGING_WS_MAX_FRAME_BYTES = _positive_int("MESSAGING_WS_MAX_FRAME_BYTES", 64 * 1024)
+# Per-connection budget of inbound events: more than EVENTS in WINDOW seconds are answered
+# with an error event (the connection stays open). Sends also count against
+# RATE_LIMITS["message_user"], shared with the REST send and across nodes.
+MESSAGING_WS_RATE_EVENTS = _positive_int("MESSAGING_WS_RATE_EVENTS", 30)
+MESSAGING_WS_RATE_WINDOW_SECONDS = _positive_float("MESSAGING_WS_RATE_WINDOW_SECONDS", 10.0)
+# At most one typing event per connection is fanned out in this interval; extras are dropped.
+MESSAGING_TYPING_INTERVAL_SECONDS = _positive_float("MESSAGING_TYPING_INTERVAL_SECONDS", 3.0)
+# A connection's presence entry expires this long after its last heartbeat (a node that
+# dies leaves no one "online" for longer); heartbeats run every third of it.
+MESSAGING_PRESENCE_TTL_SECONDS = _positive_int("MESSAGING_PRESENCE_TTL_SECONDS", 30)
+# A participant with no open socket gets one unread-messages notification per idle period:
+# again only after they read the chat or this long after the previous one.
+MESSAGING_OFFLINE_NOTIFY_SECONDS = _positive_int("MESSAGING_OFFLINE_NOTIFY_SECONDS", 3600)
+# Origins (scheme://host[:port]) from which a browser may open a websocket authenticated by
+# its session cookie; empty means "hosts in ALLOWED_HOSTS". Ticket connections carry no
+# ambient credential, so they are accepted from any origin.
+MESSAGING_WS_ALLOWED_ORIGINS = env.list("MESSAGING_WS_ALLOWED_ORIGINS", default=[])
+# Monthly message partitions (PostgreSQL) kept ready ahead of the current month.
+MESSAGING_PARTITION_MONTHS_AHEAD = _positive_int("MESSAGING_PARTITION_MONTHS_AHEAD", 3)
+# A fan-out that takes longer than this is abandoned (the message is stored; clients
+# resync with ?after=), so a hung channel layer never holds up a send.
+MESSAGING_FANOUT_TIMEOUT_SECONDS = _positive_float("MESSAGING_FANOUT_TIMEOUT_SECONDS", 2.0)
+
+# The channel layer may live on its own Redis (CHANNEL_LAYER_REDIS_URL, default REDIS_URL).
+# CHANNEL_LAYER_BACKEND picks channels_redis' list-based layer ("core") or its pub/sub
+# layer ("pubsub"); docs/adr/0005-chat-transport.md has the figures behind the default.
+CHANNEL_LAYER_REDIS_URL = env.str("CHANNEL_LAYER_REDIS_URL", default=REDIS_URL)
+CHANNEL_LAYER_BACKEND = env.str("CHANNEL_LAYER_BACKEND", default="core")
+# Pending messages one channel may hold (core layer); all sockets of a process share one
+# Redis list, so this bounds a burst per process, not per socket (channels_redis drops
+# silently above it: clients resync with ?after=).
+CHANNEL_LAYER_CAPACITY = _positive_int("CHANNEL_LAYER_CAPACITY", 1000)
+# Read timeout of the layer's Redis connections. It must exceed the 5 s blocking pop
+# (BZPOPMIN) of channels_redis' receive loop: redis-py 8 defaults socket_timeout to 5 s,
+# which tears down every idle consumer every few seconds (django/channels_redis#422).
+CHANNEL_LAYER_SOCKET_TIMEOUT = _positive_float("CHANNEL_LAYER_SOCKET_TIMEOUT", 15.0)
+if CHANNEL_LAYER_SOCKET_TIMEOUT <= 5:
+    raise ImproperlyConfigured(
+        "CHANNEL_LAYER_SOCKET_TIMEOUT must exceed channels_redis' 5 s blocking receive."
+    )
+if CHANNEL_LAYER_BACKEND not in ("core", "pubsub"):
+    raise ImproperlyConfigured("CHANNEL_LAYER_BACKEND must be 'core' or 'pubsub'.")
+if CHANNEL_LAYER_REDIS_URL:
+    _layer_hosts = [
+        {
+            "address": CHANNEL_LAYER_REDIS_URL,
+            "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT,
+            # A Redis that is down is noticed at once, not after the read timeout.
+            "socket_connect_timeout": 2,
+        }
+    ]
+    if CHANNEL_LAYER_BACKEND == "pubsub":
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": _layer_hosts, "prefix": "medease:asgi"},
+            }
+        }
+    else:
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {
+                    "hosts": _layer_hosts,
+                    "prefix": "medease:asgi",
+                    "capacity": CHANNEL_LAYER_CAPACITY,
+                },
+            }
+        }

@@ -12,6 +12,9 @@ admin.site.index_title = "Clinic administration"
 
 api_v1 = [
     path("", include("accounts.urls")),
+    path("", include("workers.urls")),
+    path("", include("consultations.urls")),
+    path("", include("messaging.urls")),
 ]
 
 urlpatterns = [

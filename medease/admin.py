@@ -1,8 +1,10 @@
-"""Admin helpers: organization scoping for clinic staff in the console."""
+"""Admin helpers (organization scoping for clinic staff) and the audit log's console page."""
 
 from __future__ import annotations
 
 from django.contrib import admin
+
+from medease.models import AuditEvent
 
 
 class OrganizationScopedAdmin(admin.ModelAdmin):
@@ -18,3 +20,41 @@ class OrganizationScopedAdmin(admin.ModelAdmin):
         if request.user.is_superuser:
             return queryset
         return queryset.filter(**{self.organization_field: request.user.organization_id})
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(OrganizationScopedAdmin):
+    """The PHI audit log: read-only, each clinic's staff see their clinic's events."""
+
+    list_display = [
+        "created_at",
+        "user",
+        "action",
+        "object_type",
+        "object_id",
+        "patient",
+        "ip",
+        "request_id",
+    ]
+    list_filter = ["action", "object_type", ("created_at", admin.DateFieldListFilter)]
+    search_fields = ["user__email", "patient__email", "object_id", "request_id"]
+    list_select_related = ["user", "patient"]
+    date_hierarchy = "created_at"
+    ordering = ["-id"]
+    show_full_result_count = False  # COUNT(*) over an ever-growing table on every page
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if not request.user.is_superuser and request.user.organization_id is None:
+            # Events without a clinic (a patient reading their own data) are not for staff.
+            return queryset.none()
+        return queryset
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable
 
-import psycopg
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -21,14 +20,6 @@ from django.db import connections
 from medease import db as db_routing
 
 CHECK_TIMEOUT_SECONDS = 2
-
-# How far behind the primary a replica is: 0 when it has replayed all it received.
-REPLICA_LAG_SQL = """
-SELECT pg_is_in_recovery(),
-       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
-       END
-"""
 
 
 def _timed(check: Callable[[], dict | None]) -> dict:
@@ -50,30 +41,32 @@ def _check_primary() -> dict:
 
 
 def replica_lag_seconds(alias: str) -> float:
-    """Connect directly (not through the pool, which would wait its full timeout)."""
-    params = settings.DATABASES[alias]
-    with psycopg.connect(
-        dbname=params["NAME"],
-        user=params.get("USER") or None,
-        password=params.get("PASSWORD") or None,
-        host=params.get("HOST") or None,
-        port=params.get("PORT") or None,
-        connect_timeout=CHECK_TIMEOUT_SECONDS,
-    ) as conn:
-        in_recovery, lag = conn.execute(REPLICA_LAG_SQL).fetchone()
-    if not in_recovery:
-        raise RuntimeError("server is not in recovery (not a replica)")
-    return float(lag)
+    """Probe the replica now (its own connection, never the request pool's wait)."""
+    status = db_routing.replica_status(alias, refresh=True)
+    if status is None or not status.reachable:
+        raise RuntimeError(status.error if status else "replica not probed")
+    return float(status.lag_seconds or 0.0)
 
 
 def _check_replica(alias: str) -> Callable[[], dict]:
+    # The replica monitor (medease/db.py) takes a lagging or unreachable replica out of
+    # rotation and puts it back; this check only reports what a fresh probe finds.
     def check() -> dict:
-        lag = replica_lag_seconds(alias)
-        if lag > settings.MAX_REPLICA_LAG:
-            db_routing.mark_replica_unhealthy(alias, reason=f"lag {lag:.1f}s")
-            raise RuntimeError(f"lag {lag:.1f}s exceeds MAX_REPLICA_LAG")
-        db_routing.mark_replica_healthy(alias)
-        return {"lag_seconds": round(lag, 3)}
+        status = db_routing.replica_status(alias, refresh=True)
+        if status is None or not status.reachable:
+            raise RuntimeError(status.error if status else "replica not probed")
+        if status.lag_seconds > settings.MAX_REPLICA_LAG:
+            raise RuntimeError(
+                f"lag {status.lag_seconds:.1f}s exceeds MAX_REPLICA_LAG "
+                f"{settings.MAX_REPLICA_LAG:.1f}s"
+            )
+        result = {
+            "lag_seconds": round(status.lag_seconds, 3),
+            "in_rotation": alias in db_routing.healthy_replicas(),
+        }
+        if status.error:
+            result["warning"] = status.error
+        return result
 
     return check
 

@@ -18,6 +18,22 @@ HTTP_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RATE_LIMITED = Counter("medease_rate_limited_total", "Requests refused by a rate limit.", ["limit"])
+# Notification deliveries, counted by the process that makes them (a worker, or the web
+# process when tasks run eagerly). The outbox's current state across all processes is
+# exported from the database as medease_notifications{status=...} (workers/metrics.py).
+NOTIFICATIONS_SENT = Counter(
+    "medease_notifications_sent_total", "Notifications delivered.", ["kind", "channel"]
+)
+NOTIFICATIONS_FAILED = Counter(
+    "medease_notifications_failed_total",
+    "Notifications given up on (permanent refusal or attempts exhausted).",
+    ["kind", "channel"],
+)
+NOTIFICATIONS_RETRIED = Counter(
+    "medease_notifications_retried_total",
+    "Failed notification attempts that were scheduled for another try.",
+    ["kind", "channel"],
+)
 
 _KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 

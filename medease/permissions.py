@@ -17,6 +17,23 @@ STAFF_CONSOLE_PERMISSIONS: dict[str, set[str]] = {
         "change_providerprofile",
         "view_patientprofile",
     },
+    # Clinic core: consultations are changed only through the admin actions (services);
+    # availability is edited inline on the provider.
+    "consultations": {
+        "view_consultation",
+        "change_consultation",
+        "view_queueentry",
+        "view_availability",
+        "add_availability",
+        "change_availability",
+        "delete_availability",
+        "view_availabilityexception",
+        "add_availabilityexception",
+        "change_availabilityexception",
+        "delete_availabilityexception",
+    },
+    # The PHI audit log, read-only.
+    "medease": {"view_auditevent"},
 }
 
 

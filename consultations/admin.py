@@ -1,0 +1,354 @@
+"""Staff console for the clinic core, scoped to the staff member's organization.
+
+Consultations are read-only here except through actions (cancel, mark no-show) that call the
+services, so the lifecycle rules, notifications and cache invalidation are the API's.
+Availability is edited inline on the provider's page; its formsets save through
+``services.availability_replace`` (which re-materializes the slots). The "today" board shows
+each provider's consultations and walk-in queue side by side.
+"""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.forms.models import BaseInlineFormSet
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+
+from accounts import admin as accounts_admin
+from accounts.models import Organization, Role, User
+from consultations import selectors, services
+from consultations.audit import AuditAction, audit_consultations
+from consultations.models import (
+    Availability,
+    AvailabilityException,
+    Consultation,
+    QueueEntry,
+    QueueStatus,
+)
+from consultations.slotting import Window
+from medease.admin import OrganizationScopedAdmin
+from medease.exceptions import ApplicationError
+
+
+def _viewer_tz(request) -> ZoneInfo:
+    return ZoneInfo(getattr(request.user, "timezone", None) or "UTC")
+
+
+def _render_in(tz: ZoneInfo, response):
+    """Render a lazy TemplateResponse while ``tz`` is active (dates in the viewer's zone)."""
+    with timezone.override(tz):
+        if hasattr(response, "render") and not getattr(response, "is_rendered", True):
+            response.render()
+    return response
+
+
+# --- Availability inlines on the provider's page ------------------------------------------------
+
+
+class _ServiceFormSet(BaseInlineFormSet):
+    """An inline formset that saves through a service instead of saving rows itself."""
+
+    def _kept_forms(self):
+        # Unchanged extra forms have empty cleaned_data; deleted rows are left out.
+        return [
+            form for form in self.forms if form.cleaned_data and not form.cleaned_data.get("DELETE")
+        ]
+
+    def _specs(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _replace(self, specs) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def clean(self):
+        super().clean()
+        if any(self.errors):
+            return
+        try:
+            self._validate(self._specs())
+        except ApplicationError as exc:
+            messages_ = [exc.message]
+            for field_errors in exc.fields.values():
+                messages_.extend(field_errors)
+            raise ValidationError(messages_) from exc
+
+    def save(self, commit=True):
+        self._replace(self._specs())
+        # The admin's change message reads these; the service replaced the rows wholesale.
+        self.new_objects, self.changed_objects, self.deleted_objects = [], [], []
+        return []
+
+
+class AvailabilityFormSet(_ServiceFormSet):
+    def _specs(self):
+        return [
+            Window(
+                int(f.cleaned_data["weekday"]),
+                f.cleaned_data["start_time"],
+                f.cleaned_data["end_time"],
+            )
+            for f in self._kept_forms()
+        ]
+
+    def _validate(self, specs) -> None:
+        services.availability_validate(windows=specs)
+
+    def _replace(self, specs) -> None:
+        services.availability_replace(provider=self.instance, windows=specs)
+
+
+class AvailabilityExceptionFormSet(_ServiceFormSet):
+    def _specs(self):
+        return [
+            services.ExceptionSpec(
+                date=f.cleaned_data["date"],
+                kind=f.cleaned_data["kind"],
+                start_time=f.cleaned_data.get("start_time"),
+                end_time=f.cleaned_data.get("end_time"),
+                note=f.cleaned_data.get("note", ""),
+            )
+            for f in self._kept_forms()
+        ]
+
+    def _validate(self, specs) -> None:
+        services.availability_validate(exceptions=specs)
+
+    def _replace(self, specs) -> None:
+        services.availability_replace(provider=self.instance, exceptions=specs)
+
+
+class AvailabilityInline(admin.TabularInline):
+    model = Availability
+    fk_name = "provider"
+    formset = AvailabilityFormSet
+    fields = ["weekday", "start_time", "end_time"]
+    extra = 1
+    verbose_name = "weekly availability window"
+    verbose_name_plural = "Weekly availability (wall-clock times in the provider's timezone)"
+
+
+class AvailabilityExceptionInline(admin.TabularInline):
+    model = AvailabilityException
+    fk_name = "provider"
+    formset = AvailabilityExceptionFormSet
+    fields = ["date", "kind", "start_time", "end_time", "note"]
+    extra = 1
+    verbose_name_plural = "Days off and extra hours (upcoming)"
+
+    def get_queryset(self, request):
+        # Past exceptions are history; the service keeps them whatever this form says.
+        yesterday = timezone.now().date() - timezone.timedelta(days=1)
+        return super().get_queryset(request).filter(date__gte=yesterday)
+
+
+accounts_admin.provider_inlines.extend([AvailabilityInline, AvailabilityExceptionInline])
+
+
+# --- Consultations ------------------------------------------------------------------------------
+
+
+class ProviderFilter(admin.SimpleListFilter):
+    """Providers of the staff member's clinic (all providers for superusers)."""
+
+    title = "provider"
+    parameter_name = "provider"
+
+    def lookups(self, request, model_admin):
+        providers = User.objects.filter(role=Role.PROVIDER)
+        if not request.user.is_superuser:
+            providers = providers.filter(organization_id=request.user.organization_id)
+        return [(str(p.pk), p.full_name) for p in providers.order_by("full_name")]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(provider_id=self.value())
+        return queryset
+
+
+@admin.register(Consultation)
+class ConsultationAdmin(OrganizationScopedAdmin):
+    list_display = [
+        "id",
+        "scheduled_start",
+        "patient_name",
+        "provider_name",
+        "status",
+        "kind",
+    ]
+    list_filter = ["status", ProviderFilter, ("scheduled_start", admin.DateFieldListFilter), "kind"]
+    search_fields = ["patient__full_name", "patient__email"]
+    list_select_related = ["patient", "provider", "organization"]
+    ordering = ["-scheduled_start", "-id"]
+    date_hierarchy = "scheduled_start"
+    actions = ["cancel_selected", "mark_no_show_selected"]
+    change_list_template = "admin/consultations/consultation/change_list.html"
+    fields = [
+        "status",
+        "kind",
+        "patient",
+        "provider",
+        "organization",
+        "slot",
+        "scheduled_start",
+        "scheduled_end",
+        "reason",
+        "provider_notes",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "cancelled_at",
+        "cancelled_by",
+        "cancellation_reason",
+        "no_show_at",
+        "rescheduled_from",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="patient", ordering="patient__full_name")
+    def patient_name(self, obj):
+        return obj.patient.full_name
+
+    @admin.display(description="provider", ordering="provider__full_name")
+    def provider_name(self, obj):
+        return obj.provider.full_name
+
+    def has_add_permission(self, request):
+        return False  # bookings are made through the API (or its services)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # consultations are cancelled, never deleted
+
+    def save_model(self, request, obj, form, change):
+        # Every field is read-only; status changes only through the actions (services).
+        return None
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "today_url": reverse("admin:consultations_today")}
+        response = super().changelist_view(request, extra_context)
+        return _render_in(_viewer_tz(request), response)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        consultation = self.get_object(request, object_id)
+        if consultation is not None and response.status_code == 200:
+            audit_consultations(
+                request=request, action=AuditAction.READ, consultations=[consultation]
+            )
+        return _render_in(_viewer_tz(request), response)
+
+    def _run(self, request, queryset, action, done: str) -> None:
+        changed, refused = [], []
+        for consultation in queryset.select_related("patient", "provider"):
+            try:
+                changed.append(action(consultation=consultation, actor=request.user))
+            except ApplicationError as exc:
+                refused.append(f"#{consultation.pk}: {exc.message}")
+        if changed:
+            self.message_user(request, f"{len(changed)} consultation(s) {done}.", messages.SUCCESS)
+            audit_consultations(request=request, action=AuditAction.UPDATE, consultations=changed)
+        if refused:
+            self.message_user(request, "Not changed: " + "; ".join(refused), messages.WARNING)
+
+    @admin.action(description="Cancel selected consultations", permissions=["change"])
+    def cancel_selected(self, request, queryset):
+        self._run(request, queryset, services.consultation_cancel, "cancelled")
+
+    @admin.action(description="Mark selected consultations as no-show", permissions=["change"])
+    def mark_no_show_selected(self, request, queryset):
+        self._run(request, queryset, services.consultation_mark_no_show, "marked as no-show")
+
+    def get_urls(self):
+        board = path(
+            "today/",
+            self.admin_site.admin_view(self.today_board),
+            name="consultations_today",
+        )
+        return [board, *super().get_urls()]
+
+    def _board_organization(self, request) -> Organization | None:
+        if not request.user.is_superuser:
+            return request.user.organization
+        chosen = request.GET.get("organization")
+        organizations = Organization.objects.order_by("name")
+        if chosen and chosen.isdigit():
+            return organizations.filter(pk=int(chosen)).first()
+        return organizations.first()
+
+    def today_board(self, request):
+        """Each provider's consultations today and their walk-in queue, side by side."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        organization = self._board_organization(request)
+        rows, day_consultations = [], []
+        tz = ZoneInfo(organization.timezone if organization else "UTC")
+        if organization is not None:
+            start, end = selectors.provider_today_bounds(tz=tz)
+            providers = list(
+                User.objects.filter(role=Role.PROVIDER, organization=organization, is_active=True)
+                .select_related("provider_profile")
+                .order_by("full_name")
+            )
+            day_consultations = list(
+                Consultation.objects.filter(
+                    organization=organization, scheduled_start__gte=start, scheduled_start__lt=end
+                )
+                .select_related("patient")
+                .order_by("scheduled_start", "id")
+            )
+            waiting = list(
+                selectors.queue_entries_with_position()
+                .filter(organization=organization, status=QueueStatus.WAITING)
+                .select_related("patient")
+                .order_by("joined_at", "id")
+            )
+            for provider in providers:
+                rows.append(
+                    {
+                        "provider": provider,
+                        "consultations": [
+                            c for c in day_consultations if c.provider_id == provider.pk
+                        ],
+                        "queue": [e for e in waiting if e.provider_id == provider.pk],
+                    }
+                )
+            audit_consultations(
+                request=request, action=AuditAction.READ, consultations=day_consultations
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Today at {organization.name}" if organization else "Today",
+            "opts": self.model._meta,
+            "organization": organization,
+            "organizations": Organization.objects.order_by("name")
+            if request.user.is_superuser
+            else [],
+            "rows": rows,
+            "day": timezone.now().astimezone(tz).date(),
+            "timezone_name": str(tz),
+        }
+        response = TemplateResponse(request, "admin/consultations/today_board.html", context)
+        return _render_in(tz, response)
+
+
+@admin.register(QueueEntry)
+class QueueEntryAdmin(OrganizationScopedAdmin):
+    """Read-only view of walk-in queues (patients join and leave through the API)."""
+
+    list_display = ["id", "provider", "patient", "status", "joined_at", "called_at"]
+    list_filter = ["status", ProviderFilter]
+    list_select_related = ["provider", "patient"]
+    search_fields = ["patient__full_name", "patient__email"]
+    ordering = ["-joined_at", "-id"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

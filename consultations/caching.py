@@ -1,0 +1,116 @@
+"""Hot-read caching with explicit invalidation, which never fails a request.
+
+Each cached value is stored under a key that embeds the current *version token* of every
+scope it depends on (a provider's slots, a user's or an organization's dashboard).
+Invalidation replaces the token, so every older entry becomes unreachable at once without
+scanning keys. Tokens are bumped after commit (see ``invalidate_on_commit``): bumping before
+commit would let a concurrent reader cache pre-commit data under the new token.
+
+Any cache error (Redis down or timing out) is treated as a miss and the value is built from
+the database; nothing is cached while the cache is unreachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from django.core.cache import cache
+from django.db import transaction
+
+logger = logging.getLogger("consultations.cache")
+
+T = TypeVar("T")
+
+
+def slots_scope(provider_id: int) -> str:
+    return f"cons:v:slots:{provider_id}"
+
+
+def providers_scope() -> str:
+    """One scope for every providers list: provider changes are rare, lists are hot."""
+    return "cons:v:providers"
+
+
+def user_dashboard_scope(user_id: int) -> str:
+    return f"cons:v:dash:user:{user_id}"
+
+
+def organization_dashboard_scope(organization_id: int) -> str:
+    return f"cons:v:dash:org:{organization_id}"
+
+
+def _tokens(scopes: list[str]) -> list[str] | None:
+    """Current version token of each scope, creating missing ones; None if the cache is down."""
+    try:
+        found = cache.get_many(scopes)
+        for scope in scopes:
+            if scope not in found:
+                # add(): a concurrent invalidation that set a token first wins.
+                cache.add(scope, uuid.uuid4().hex, timeout=None)
+        if len(found) < len(scopes):
+            found = cache.get_many(scopes)
+    except Exception as exc:  # any backend error is an outage: read the database
+        logger.warning("cache unavailable, reading the database: %s", exc)
+        return None
+    if len(found) < len(scopes):
+        # The default cache swallows Redis errors and answers "nothing": same as an outage.
+        return None
+    return [found[scope] for scope in scopes]
+
+
+def cached(*, scopes: list[str], key: str, timeout: int, build: Callable[[], T]) -> T:
+    """The cached value for ``key`` under the scopes' current versions, or ``build()``."""
+    tokens = _tokens(scopes)
+    if tokens is None:
+        return build()
+    digest = hashlib.sha256("|".join([key, *tokens]).encode()).hexdigest()
+    full_key = f"cons:c:{digest}"
+    try:
+        hit = cache.get(full_key)
+    except Exception as exc:
+        logger.warning("cache read failed, reading the database: %s", exc)
+        return build()
+    if hit is not None:
+        return hit
+    value = build()
+    try:
+        cache.set(full_key, value, timeout=timeout)
+    except Exception as exc:
+        logger.warning("cache write failed: %s", exc)
+    return value
+
+
+def invalidate(scopes: Iterable[str]) -> None:
+    """Give each scope a new version token (entries under the old one are never read again)."""
+    tokens = {scope: uuid.uuid4().hex for scope in set(scopes)}
+    if not tokens:
+        return
+    try:
+        cache.set_many(tokens, timeout=None)
+    except Exception as exc:
+        # Entries expire on their own (short timeouts); log so operators see lost invalidations.
+        logger.warning("cache invalidation failed for %s: %s", sorted(tokens), exc)
+
+
+def invalidate_providers_on_commit() -> None:
+    """Drop every cached providers list once the change that affects them commits."""
+    transaction.on_commit(lambda: invalidate([providers_scope()]))
+
+
+def invalidate_on_commit(
+    *,
+    provider_ids: Iterable[int] = (),
+    user_ids: Iterable[int] = (),
+    organization_ids: Iterable[int] = (),
+    slots: bool = False,
+) -> None:
+    """Invalidate dashboards of these users/organizations (and providers' slots) after commit."""
+    scopes = [user_dashboard_scope(uid) for uid in {*user_ids, *provider_ids} if uid]
+    scopes += [organization_dashboard_scope(oid) for oid in set(organization_ids) if oid]
+    if slots:
+        scopes += [slots_scope(pid) for pid in set(provider_ids) if pid]
+    transaction.on_commit(lambda: invalidate(scopes))

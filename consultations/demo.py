@@ -1,0 +1,96 @@
+"""Demo data of the clinic core, added to ``manage.py seed_demo`` (see medease/demo.py).
+
+Every demo provider works 08:00-18:00 every day of the week (so a demo on any day has open
+slots for the next weeks), and each has a few past consultations with demo patients, which
+also gives the walk-in wait estimate some history. Safe to run again: nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from django.utils import timezone
+
+from accounts.models import Organization, Role, User
+from consultations import conf, services
+from consultations.models import (
+    Availability,
+    Consultation,
+    ConsultationKind,
+    ConsultationStatus,
+    Slot,
+)
+from consultations.slotting import Window
+
+DEMO_HOURS = (time(8), time(18))
+MIN_DEMO_DAYS = 14
+# (days ago, local hour, minutes it lasted or None for a no-show) per past consultation.
+PAST = [(1, 10, 18), (2, 11, 25), (3, 14, 32), (4, 9, None)]
+
+
+def _past_consultations(*, provider: User, patients: list[User], progress) -> int:
+    """Historic rows written directly: the lifecycle services refuse to act in the past."""
+    tz = ZoneInfo(provider.timezone)
+    today = timezone.now().astimezone(tz).date()
+    minutes = provider.provider_profile.consultation_minutes
+    created = 0
+    for index, (days_ago, hour, lasted) in enumerate(PAST):
+        patient = patients[index % len(patients)]
+        start = datetime.combine(today - timedelta(days=days_ago), time(hour), tzinfo=tz)
+        slot, _ = Slot.objects.get_or_create(
+            provider=provider, start=start, defaults={"end": start + timedelta(minutes=minutes)}
+        )
+        if Consultation.objects.filter(slot=slot).exists():
+            continue
+        common = {
+            "patient": patient,
+            "provider": provider,
+            "organization_id": provider.organization_id,
+            "slot": slot,
+            "kind": ConsultationKind.BOOKED,
+            "reason": "Follow-up" if index % 2 else "First visit",
+            "scheduled_start": slot.start,
+            "scheduled_end": slot.end,
+        }
+        if lasted is None:
+            Consultation.objects.create(
+                **common, status=ConsultationStatus.NO_SHOW, no_show_at=slot.end
+            )
+        else:
+            Consultation.objects.create(
+                **common,
+                status=ConsultationStatus.COMPLETED,
+                started_at=slot.start,
+                completed_at=slot.start + timedelta(minutes=lasted),
+                provider_notes="Demo visit.",
+            )
+        created += 1
+    if created:
+        progress(f"created {created} past consultations for {provider.email}")
+    return created
+
+
+def seed_demo(*, organization: Organization, progress: Callable[[str], None]) -> None:
+    """Availability, slots and a few past consultations for the demo clinic (idempotent)."""
+    from medease.demo import DEMO_DOMAIN
+
+    days = max(conf.slots_horizon_days(), MIN_DEMO_DAYS)
+    patients = list(
+        User.objects.filter(role=Role.PATIENT, email__endswith=f"@{DEMO_DOMAIN}").order_by("id")
+    )
+    providers = User.objects.filter(
+        role=Role.PROVIDER, organization=organization, is_active=True
+    ).select_related("provider_profile")
+    for provider in providers:
+        if not Availability.objects.filter(provider=provider).exists():
+            services.availability_replace(
+                provider=provider, windows=[Window(day, *DEMO_HOURS) for day in range(7)]
+            )
+            progress(f"gave {provider.email} availability 08:00-18:00 every day")
+        result = services.slots_materialize(provider=provider, days=days)
+        if result.created:
+            progress(f"materialized {result.created} slots for {provider.email}")
+        if patients:
+            _past_consultations(provider=provider, patients=patients, progress=progress)

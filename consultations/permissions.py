@@ -1,0 +1,17 @@
+"""Role rules of the clinic-core API that are not about one object.
+
+Object visibility (another user's object is 404) is decided by the selectors, and who may
+act on a consultation by ``services._authorize``; this module only says which roles may
+start an action at all (403 for the others).
+"""
+
+from __future__ import annotations
+
+from accounts.models import Role, User
+from medease.exceptions import Forbidden
+
+
+def require_patient(user: User, *, action: str) -> None:
+    """Only patients book consultations and join walk-in queues."""
+    if user.role != Role.PATIENT:
+        raise Forbidden(f"Only patients may {action}.")

@@ -1,0 +1,269 @@
+"""Input and output shapes of the clinic-core API (see DESIGN.md, "Shapes").
+
+Datetimes are rendered in the caller's timezone (the views activate it), with their offset.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from accounts.models import User
+from consultations.models import (
+    Consultation,
+    ConsultationKind,
+    ConsultationStatus,
+    ExceptionKind,
+    MedicalRecordEntry,
+    QueueEntry,
+    RecordKind,
+    Slot,
+    Weekday,
+)
+
+# --- Output --------------------------------------------------------------------------------
+
+
+def _named_choices(name: str, choices: type[models.TextChoices]) -> type[serializers.ChoiceField]:
+    """A ChoiceField whose OpenAPI enum is the component ``name``.
+
+    Several models here and in other apps have a field called "kind"; unnamed, their enums
+    collide in the schema (drf-spectacular warns, and ``check --deploy`` fails on it).
+    """
+
+    @extend_schema_field({"type": "string", "enum": list(choices.values)}, component_name=name)
+    class NamedChoiceField(serializers.ChoiceField):
+        def __init__(self, **kwargs):
+            super().__init__(choices=choices.choices, **kwargs)
+
+    NamedChoiceField.__name__ = f"{name}Field"
+    return NamedChoiceField
+
+
+RecordKindField = _named_choices("RecordKind", RecordKind)
+ConsultationKindField = _named_choices("ConsultationKind", ConsultationKind)
+ExceptionKindField = _named_choices("AvailabilityExceptionKind", ExceptionKind)
+
+
+class ProviderOutput(serializers.ModelSerializer):
+    """``{id, full_name, specialty, organization, ...}``; the id is the provider's user id."""
+
+    specialty = serializers.CharField(source="provider_profile.specialty")
+    bio = serializers.CharField(source="provider_profile.bio")
+    consultation_minutes = serializers.IntegerField(source="provider_profile.consultation_minutes")
+    organization_name = serializers.CharField(source="organization.name")
+
+    class Meta:
+        model = User
+        fields = [
+            "id",
+            "full_name",
+            "specialty",
+            "organization",
+            "organization_name",
+            "bio",
+            "consultation_minutes",
+            "timezone",
+        ]
+        read_only_fields = fields
+
+
+class SlotOutput(serializers.ModelSerializer):
+    """``{id, provider, start, end}``."""
+
+    class Meta:
+        model = Slot
+        fields = ["id", "provider", "start", "end"]
+        read_only_fields = fields
+
+
+class ConsultationOutput(serializers.ModelSerializer):
+    """The contract's consultation shape plus names, timestamps and the walk-in marker.
+
+    ``unread_count`` comes from ``context["unread_counts"]`` ({consultation id: count});
+    ``provider_notes`` is shown to clinicians only (``context["clinician"]``).
+    """
+
+    patient_name = serializers.CharField(source="patient.full_name")
+    provider_name = serializers.CharField(source="provider.full_name")
+    kind = ConsultationKindField(read_only=True)
+    unread_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Consultation
+        fields = [
+            "id",
+            "status",
+            "kind",
+            "patient",
+            "patient_name",
+            "provider",
+            "provider_name",
+            "organization",
+            "slot",
+            "scheduled_start",
+            "scheduled_end",
+            "reason",
+            "unread_count",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "cancelled_at",
+            "no_show_at",
+            "rescheduled_from",
+            "provider_notes",
+        ]
+        read_only_fields = fields
+
+    def get_unread_count(self, obj: Consultation) -> int:
+        return self.context.get("unread_counts", {}).get(obj.pk, 0)
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if not self.context.get("clinician"):
+            data.pop("provider_notes", None)
+        return data
+
+
+class QueueEntryOutput(serializers.ModelSerializer):
+    """``{id, provider, position, estimated_wait_minutes, status}`` (position while waiting).
+
+    ``context["estimate"]`` maps a position to minutes (one per provider, see selectors).
+    """
+
+    position = serializers.SerializerMethodField()
+    estimated_wait_minutes = serializers.SerializerMethodField()
+
+    class Meta:
+        model = QueueEntry
+        fields = [
+            "id",
+            "provider",
+            "patient",
+            "position",
+            "estimated_wait_minutes",
+            "status",
+            "reason",
+            "joined_at",
+            "called_at",
+            "consultation",
+        ]
+        read_only_fields = fields
+
+    def _position(self, obj: QueueEntry) -> int | None:
+        if obj.status != "waiting":
+            return None
+        return getattr(obj, "position", None)
+
+    def get_position(self, obj: QueueEntry) -> int | None:
+        return self._position(obj)
+
+    def get_estimated_wait_minutes(self, obj: QueueEntry) -> int | None:
+        estimate = self.context.get("estimate")
+        position = self._position(obj)
+        if estimate is None or position is None:
+            return None
+        return estimate(position)
+
+
+class RecordEntryOutput(serializers.ModelSerializer):
+    """A medical record entry; ``superseded_by`` is the id of its correction, if any."""
+
+    author_name = serializers.CharField(source="author.full_name")
+    kind = RecordKindField()
+    superseded_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = MedicalRecordEntry
+        fields = [
+            "id",
+            "patient",
+            "author",
+            "author_name",
+            "organization",
+            "consultation",
+            "kind",
+            "text",
+            "supersedes",
+            "superseded_by",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_superseded_by(self, obj: MedicalRecordEntry) -> int | None:
+        correction = getattr(obj, "superseded_by", None)
+        return correction.pk if correction is not None else None
+
+
+class WindowIO(serializers.Serializer):
+    weekday = serializers.ChoiceField(choices=Weekday.choices)
+    start = serializers.TimeField(source="start_time", format="%H:%M")
+    end = serializers.TimeField(source="end_time", format="%H:%M")
+
+
+class ExceptionIO(serializers.Serializer):
+    date = serializers.DateField()
+    kind = ExceptionKindField(default=ExceptionKind.OFF)
+    start = serializers.TimeField(
+        source="start_time", format="%H:%M", required=False, allow_null=True
+    )
+    end = serializers.TimeField(source="end_time", format="%H:%M", required=False, allow_null=True)
+    note = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+
+class AvailabilityIO(serializers.Serializer):
+    """``{provider, timezone, windows: [{weekday, start, end}], exceptions: [...]}``;
+    times are wall-clock in the provider's timezone, weekday 0 = Monday."""
+
+    provider = serializers.IntegerField(read_only=True)
+    timezone = serializers.CharField(read_only=True)
+    windows = WindowIO(many=True)
+    exceptions = ExceptionIO(many=True, required=False)
+
+
+# --- Input ---------------------------------------------------------------------------------
+
+
+class BookInput(serializers.Serializer):
+    slot = serializers.IntegerField(min_value=1)
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class RescheduleInput(serializers.Serializer):
+    slot = serializers.IntegerField(min_value=1)
+
+
+class CancelInput(serializers.Serializer):
+    reason = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+
+class CompleteInput(serializers.Serializer):
+    provider_notes = serializers.CharField(
+        max_length=20000, required=False, allow_blank=True, allow_null=True, default=None
+    )
+
+
+class ConsultationListInput(serializers.Serializer):
+    status = serializers.ChoiceField(choices=ConsultationStatus.choices, required=False)
+
+
+class QueueJoinInput(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class RecordInput(serializers.Serializer):
+    kind = RecordKindField()
+    text = serializers.CharField(max_length=20000)
+    consultation = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    supersedes = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+
+
+class RecordListInput(serializers.Serializer):
+    kind = RecordKindField(required=False)
+    current = serializers.BooleanField(required=False, default=False)
+
+
+class ProviderListInput(serializers.Serializer):
+    specialty = serializers.CharField(max_length=120, required=False, allow_blank=True)
+    organization = serializers.IntegerField(min_value=1, required=False)

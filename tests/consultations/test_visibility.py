@@ -1,0 +1,181 @@
+"""Walks the URLconf: for every /api/v1/ route that takes an object id, an unrelated patient
+and a provider of another clinic get 404 (never a hint that the object exists).
+
+Every such route needs a case in ``CASES``: a new route without one fails this test, so
+whoever adds a route decides, here, who may reach it. A route that is public on purpose
+(open slots, joining a walk-in queue) says so with the statuses outsiders get instead.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.urls import URLResolver, get_resolver
+
+from accounts.models import Role
+from consultations import services
+from consultations.models import Consultation, ConsultationStatus, MedicalRecordEntry, QueueEntry
+
+pytestmark = pytest.mark.django_db
+
+NOT_FOUND = {"patient": 404, "provider": 404}
+
+# route name → {method: {"body": request body, "outsiders": {role: status}, "owner": who
+# gets 200 on GET (proves the ids point at real objects)}}
+CASES: dict[str, dict[str, dict]] = {
+    "provider-slots": {
+        # Open slots are public: patients may book any clinic's providers.
+        "get": {"outsiders": {"patient": 200, "provider": 200}, "owner": "patient"},
+    },
+    "provider-availability": {
+        "get": {"outsiders": NOT_FOUND, "owner": "provider"},
+        "put": {"outsiders": NOT_FOUND, "body": {"windows": []}},
+    },
+    "provider-queue": {
+        "get": {"outsiders": NOT_FOUND, "owner": "staff"},
+        # Any patient may join any provider's walk-in queue; providers never join.
+        "post": {"outsiders": {"patient": 201, "provider": 403}, "body": {}},
+    },
+    "provider-queue-next": {"post": {"outsiders": NOT_FOUND}},
+    "consultation-detail": {"get": {"outsiders": NOT_FOUND, "owner": "patient"}},
+    "consultation-cancel": {"post": {"outsiders": NOT_FOUND, "body": {}}},
+    "consultation-start": {"post": {"outsiders": NOT_FOUND}},
+    "consultation-complete": {"post": {"outsiders": NOT_FOUND, "body": {}}},
+    "consultation-no-show": {"post": {"outsiders": NOT_FOUND}},
+    "consultation-reschedule": {"post": {"outsiders": NOT_FOUND, "body": "free_slot"}},
+    # Chat (messaging/urls.py): participants only.
+    "consultation-messages": {
+        "get": {"outsiders": NOT_FOUND, "owner": "patient"},
+        "post": {"outsiders": NOT_FOUND, "body": {"body": "Hello?", "client_id": "peek-1"}},
+    },
+    "consultation-read": {"post": {"outsiders": NOT_FOUND, "body": {"message_id": 1}}},
+    "queue-entry": {
+        "get": {"outsiders": NOT_FOUND, "owner": "patient"},
+        "delete": {"outsiders": NOT_FOUND},
+    },
+    "patient-records": {
+        "get": {"outsiders": NOT_FOUND, "owner": "provider"},
+        "post": {"outsiders": NOT_FOUND, "body": {"kind": "note", "text": "Peeking"}},
+    },
+}
+
+_HTTP_METHODS = ("get", "post", "put", "patch", "delete")
+_KWARG = re.compile(r"<(?:\w+:)?(\w+)>")
+
+
+def _routes_with_ids():
+    """(route, name, view class) of every /api/v1/ route with a path parameter."""
+
+    def walk(patterns, prefix):
+        for pattern in patterns:
+            route = prefix + str(pattern.pattern)
+            if isinstance(pattern, URLResolver):
+                yield from walk(pattern.url_patterns, route)
+            else:
+                yield route, pattern
+
+    for route, pattern in walk(get_resolver().url_patterns, ""):
+        if route.startswith("api/v1/") and _KWARG.search(route):
+            view_class = getattr(pattern.callback, "view_class", None) or getattr(
+                pattern.callback, "cls", None
+            )
+            yield route, pattern.name, view_class
+
+
+@pytest.fixture
+def world(patient, provider, staff, make_user, make_slot, book):
+    """One clinic's objects: a booking, a queue entry and a record entry of ``patient``."""
+    consultation = book(patient, make_slot(provider, hours=6))
+    queued = make_user(Role.PATIENT)
+    entry = services.queue_join(patient=queued, provider=provider)
+    record = services.medical_record_add(author=provider, patient=patient, kind="note", text="x")
+    free_slot = make_slot(provider, hours=9)
+    return {
+        "ids": {
+            "provider_id": provider.pk,
+            "consultation_id": consultation.pk,
+            "entry_id": entry.pk,
+            "patient_id": patient.pk,
+        },
+        "owners": {"patient": patient, "provider": provider, "staff": staff},
+        # The queue entry belongs to its own patient (owner of queue-entry routes).
+        "entry_owner": queued,
+        "bodies": {"free_slot": {"slot": free_slot.pk}},
+        "consultation": consultation,
+        "entry": entry,
+        "record": record,
+    }
+
+
+def test_every_route_with_an_object_id_has_a_case():
+    routes = list(_routes_with_ids())
+    assert routes, "the URLconf walk found no routes: the walker is broken"
+    missing = sorted(f"{name} ({route})" for route, name, _ in routes if name not in CASES)
+    assert not missing, f"routes without a visibility case in {__file__}: {missing}"
+    for route, name, view_class in routes:
+        implemented = {m for m in _HTTP_METHODS if hasattr(view_class, m)}
+        assert implemented == set(CASES[name]), (
+            f"{name} ({route}) implements {sorted(implemented)}, "
+            f"the case covers {sorted(CASES[name])}"
+        )
+
+
+def test_outsiders_get_404_on_every_route_with_an_object_id(
+    world, other_patient, other_provider, token_client
+):
+    outsiders = {"patient": token_client(other_patient), "provider": token_client(other_provider)}
+    checked = 0
+    for route, name, _view in _routes_with_ids():
+        case = CASES.get(name)
+        if case is None:
+            pytest.fail(f"no visibility case for {name} ({route})")
+        url = "/" + _KWARG.sub(lambda m: str(world["ids"][m.group(1)]), route)
+        for method, spec in case.items():
+            body = spec.get("body")
+            if isinstance(body, str):
+                body = world["bodies"][body]
+            for role, client in outsiders.items():
+                response = getattr(client, method)(url, body, format="json")
+                expected = spec["outsiders"][role]
+                assert response.status_code == expected, (
+                    f"{role} outsider {method.upper()} {url} ({name}): "
+                    f"{response.status_code} {response.content[:200]!r}, expected {expected}"
+                )
+                if expected == 404:
+                    assert response.json()["error"]["code"] == "not_found"
+                checked += 1
+    assert checked >= 2 * sum(len(case) for case in CASES.values())
+    # Nothing an outsider sent changed the clinic's objects.
+    assert Consultation.objects.get(pk=world["consultation"].pk).status == (
+        ConsultationStatus.SCHEDULED
+    )
+    assert QueueEntry.objects.get(pk=world["entry"].pk).status == "waiting"
+    assert list(MedicalRecordEntry.objects.values_list("pk", flat=True)) == [world["record"].pk]
+
+
+def test_owners_reach_the_same_routes(world, token_client):
+    """The ids used above point at real objects: their owners get 200."""
+    for route, name, _view in _routes_with_ids():
+        spec = CASES[name].get("get")
+        if not spec or "owner" not in spec:
+            continue
+        owner = world["owners"][spec["owner"]]
+        if name == "queue-entry":
+            owner = world["entry_owner"]
+        url = "/" + _KWARG.sub(lambda m: str(world["ids"][m.group(1)]), route)
+        response = token_client(owner).get(url)
+        assert response.status_code == 200, f"{spec['owner']} GET {url}: {response.status_code}"
+
+
+def test_staff_of_another_clinic_also_get_404(world, other_staff, token_client):
+    client = token_client(other_staff)
+    ids = world["ids"]
+    for url in (
+        f"/api/v1/consultations/{ids['consultation_id']}",
+        f"/api/v1/providers/{ids['provider_id']}/availability",
+        f"/api/v1/providers/{ids['provider_id']}/queue",
+        f"/api/v1/queue-entries/{ids['entry_id']}",
+        f"/api/v1/patients/{ids['patient_id']}/records",
+    ):
+        assert client.get(url).status_code == 404, url

@@ -1,3 +1,13 @@
-"""Websocket routes (the consultation chat consumer lands with the chat issue)."""
+"""Websocket routes (DESIGN.md, "Websocket contract")."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from messaging.consumers import ConsultationChatConsumer
+
+websocket_urlpatterns = [
+    path(
+        "ws/consultations/<int:consultation_id>/",
+        ConsultationChatConsumer.as_asgi(),
+        name="ws-consultation-chat",
+    ),
+]

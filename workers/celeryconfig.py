@@ -37,7 +37,7 @@ if settings.CELERY_BROKER_URL:
 else:
     # Embedded default: kombu's filesystem transport, a queue of files under var/celery.
     _folder = settings.VAR_DIR / "celery"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_folder / _sub).mkdir(parents=True, exist_ok=True)
     broker_url = "filesystem://"
     broker_transport_options = {
@@ -45,6 +45,8 @@ else:
         "data_folder_out": str(_folder / "queue"),
         "processed_folder": str(_folder / "processed"),
         "store_processed": False,
+        # Fanout bindings; kombu's default is a "control" folder in the working directory.
+        "control_folder": str(_folder / "control"),
     }
 
 task_always_eager = settings.CELERY_TASK_ALWAYS_EAGER

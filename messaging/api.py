@@ -1,0 +1,135 @@
+"""Chat REST API: history, send, read marker, websocket tickets (DESIGN.md, API contract).
+
+Views are thin: parse, find the consultation through the caller-scoped selector (someone
+else's consultation is 404), call one service or selector, serialize, audit PHI reads.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param, replace_query_param
+from rest_framework.views import APIView
+
+from consultations.selectors import consultation_get_for_user
+from medease import db as db_routing
+from medease import ratelimit
+from medease.audit import AuditAction, audit_log
+from medease.pagination import MAX_PAGE_SIZE
+from messaging import selectors, services
+from messaging.serializers import (
+    HistoryInput,
+    HistoryOutput,
+    MessageOutput,
+    MessageSendInput,
+    ReadInput,
+    TicketOutput,
+)
+
+
+def _valid(serializer_class, data) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _next_url(request, *, page: list, more: bool, forward: bool) -> str | None:
+    if not more or not page:
+        return None
+    url = request.build_absolute_uri()
+    if forward:
+        return replace_query_param(url, "after", page[-1].pk)
+    return replace_query_param(remove_query_param(url, "after"), "before", page[0].pk)
+
+
+class ConsultationMessagesApi(APIView):
+    """GET: history in id order. POST: send ``{body, client_id}`` (201; a repeat is 200)."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", int, description="Messages with a greater id, oldest first."),
+            OpenApiParameter("before", int, description="Messages with a smaller id."),
+            OpenApiParameter("limit", int, description=f"1 to {MAX_PAGE_SIZE} (default 20)."),
+        ],
+        responses={200: HistoryOutput},
+        description=(
+            "With `after`: the oldest `limit` messages after that id, and `next` continues "
+            "forward (resync after a reconnect). Without it: the newest `limit` messages "
+            "(below `before` if given), and `next` continues to older ones. Results are "
+            "always in ascending id order."
+        ),
+    )
+    def get(self, request, consultation_id: int):
+        params = _valid(HistoryInput, request.query_params)
+        limit = min(params["limit"], MAX_PAGE_SIZE)
+        after, before = params.get("after"), params.get("before")
+        consultation = consultation_get_for_user(user=request.user, consultation_id=consultation_id)
+        if before is not None and after is None:
+            # Older pages never change: a replica serves them.
+            page, more = selectors.messages_page(
+                consultation_id=consultation.pk, limit=limit, before=before
+            )
+        else:
+            # The live edge (newest page, resync after an id) reads the primary: a message
+            # announced over the websocket a moment ago must be in the answer.
+            with db_routing.use_primary():
+                page, more = selectors.messages_page(
+                    consultation_id=consultation.pk, limit=limit, after=after, before=before
+                )
+        audit_log(
+            request=request,
+            action=AuditAction.READ,
+            object_type=selectors.HISTORY_AUDIT_TYPE,
+            object_ids=[consultation.pk],
+            patient_id=consultation.patient_id,
+            organization_id=consultation.organization_id,
+        )
+        body = {
+            "results": MessageOutput(page, many=True).data,
+            "next": _next_url(request, page=page, more=more, forward=after is not None),
+        }
+        return Response(body)
+
+    @extend_schema(request=MessageSendInput, responses={201: MessageOutput, 200: MessageOutput})
+    def post(self, request, consultation_id: int):
+        data = _valid(MessageSendInput, request.data)
+        ratelimit.hit(request, name="message_user", key=ratelimit.by_user)
+        consultation = consultation_get_for_user(user=request.user, consultation_id=consultation_id)
+        message, created = services.message_send(
+            consultation=consultation,
+            sender=request.user,
+            body=data["body"],
+            client_id=data["client_id"],
+        )
+        return Response(
+            MessageOutput(message).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class ConsultationReadApi(APIView):
+    """Mark the consultation's chat read up to ``message_id`` (markers only move forward)."""
+
+    @extend_schema(request=ReadInput, responses={204: None})
+    def post(self, request, consultation_id: int):
+        data = _valid(ReadInput, request.data)
+        consultation = consultation_get_for_user(user=request.user, consultation_id=consultation_id)
+        services.read_marker_advance(
+            consultation=consultation, user=request.user, message_id=data["message_id"]
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WsTicketApi(APIView):
+    """A single-use ticket, valid for MESSAGING_TICKET_TTL_SECONDS, to open a websocket."""
+
+    @extend_schema(request=None, responses={200: TicketOutput})
+    def post(self, request):
+        ticket = services.ws_ticket_issue(user=request.user, token=request.auth)
+        return Response(
+            TicketOutput(
+                {"ticket": ticket, "expires_in": settings.MESSAGING_TICKET_TTL_SECONDS}
+            ).data
+        )

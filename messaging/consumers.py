@@ -1,0 +1,463 @@
+"""The consultation chat websocket, ``/ws/consultations/{id}/`` (DESIGN.md, "Websocket
+contract").
+
+The ASGI middleware (messaging.middleware) has authenticated the socket; this consumer
+authorizes it (``consultation_get_for_user``: participants and the clinic's staff) before
+joining any group, replays what the client missed after ``?after=``, then streams. Every
+inbound event is authorized again (the consultation may have closed, access may be gone)
+and goes through the same services as the REST API. Close codes: 4401 bad or missing
+credentials (also after revocation), 4403 not allowed here, 4400 bad query, 1013 a
+dependency is down (try again). On any other close a client reconnects with
+``?after=<last id it saw>``: the database is the truth, the socket only the fast path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from urllib.parse import parse_qs
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+
+from consultations.selectors import consultation_get_for_user
+from medease import db as db_routing
+from medease import ratelimit
+from medease.audit import AuditAction, audit_log
+from medease.exceptions import (
+    ApplicationError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+)
+from messaging import events, permissions, presence, selectors, services
+from messaging.scope import ScopeRequest
+from messaging.serializers import MAX_ID, message_payload
+
+logger = logging.getLogger("medease.messaging")
+
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_TRY_AGAIN = 1013
+CLOSE_SERVER_ERROR = 1011
+REPLAY_BATCH = 200
+# Message ids this socket has delivered, to drop the channel-layer copy of a message the
+# socket already sent (its own acknowledgement, or one replayed while it was in flight).
+RECENT_IDS = 4096
+
+
+def _db(func):
+    """Run ``func`` in the database thread, reading the primary.
+
+    Chat decisions (may this user still send here? what came after id N?) must not be
+    made on a replica that lags behind the write that prompted them.
+    """
+
+    @functools.wraps(func)
+    def on_primary(*args, **kwargs):
+        with db_routing.use_primary():
+            return func(*args, **kwargs)
+
+    return database_sync_to_async(on_primary)
+
+
+def _off_thread(func):
+    # Redis calls (presence) run in the thread pool, not the single database thread.
+    return sync_to_async(func, thread_sensitive=False)
+
+
+# --- Work done in the database thread ------------------------------------------------------
+
+
+def _authorize(user, consultation_id: int):
+    return selectors.chat_access(user_id=user.pk, consultation_id=consultation_id)
+
+
+@_db
+def _load_consultation(user, consultation_id: int):
+    return consultation_get_for_user(user=user, consultation_id=consultation_id)
+
+
+@_db
+def _recheck(user, consultation_id: int):
+    return _authorize(user, consultation_id)[1]
+
+
+@_db
+def _send(request, consultation_id: int, body, client_id) -> dict:
+    user, consultation = _authorize(request.user, consultation_id)
+    # The per-user send budget shared with the REST send, across nodes.
+    ratelimit.hit(request, name="message_user", key=ratelimit.by_user)
+    message, _ = services.message_send(
+        consultation=consultation, sender=user, body=body, client_id=client_id
+    )
+    return message_payload(message)
+
+
+@_db
+def _read(user, consultation_id: int, message_id: int) -> None:
+    user, consultation = _authorize(user, consultation_id)
+    services.read_marker_advance(consultation=consultation, user=user, message_id=message_id)
+
+
+@_db
+def _replay_batch(consultation_id: int, after: int) -> tuple[list[dict], bool]:
+    page, more = selectors.messages_page(
+        consultation_id=consultation_id, limit=REPLAY_BATCH, after=after
+    )
+    return [message_payload(message) for message in page], more
+
+
+@_db
+def _audit_replay(request, consultation) -> None:
+    audit_log(
+        request=request,
+        action=AuditAction.READ,
+        object_type=selectors.HISTORY_AUDIT_TYPE,
+        object_ids=[consultation.pk],
+        patient_id=consultation.patient_id,
+        organization_id=consultation.organization_id,
+    )
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """A lost connection (Redis, sockets), as opposed to a bug."""
+    return isinstance(exc, (ConnectionError, OSError, TimeoutError)) or type(
+        exc
+    ).__module__.startswith("redis")
+
+
+class _RecentIds:
+    """A bounded set of the most recently added ids."""
+
+    def __init__(self, size: int) -> None:
+        self._ids: OrderedDict[int, None] = OrderedDict()
+        self._size = size
+
+    def add(self, value: int) -> bool:
+        """Add; False when it was already there."""
+        if value in self._ids:
+            return False
+        self._ids[value] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return True
+
+
+def _parse_id(value, *, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if not (isinstance(value, str) and value.isdigit()):
+            raise InvalidInput(f"{name} must be a message id.", fields={name: ["Invalid."]})
+        value = int(value)
+    if not minimum <= value <= MAX_ID:
+        raise InvalidInput(f"{name} must be a message id.", fields={name: ["Invalid."]})
+    return value
+
+
+class ConsultationChatConsumer(AsyncWebsocketConsumer):
+    """One socket of one user in one consultation's chat."""
+
+    # --- Lifecycle ----------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send):
+        try:
+            return await super().__call__(scope, receive, send)
+        except Exception as exc:
+            # The consumer's loop died, most often because the channel layer's receive lost
+            # Redis. Without this the server logs a traceback, closes with 1011 and skips
+            # disconnect(). Instead: clean up, and close with 1013 so the client reconnects
+            # (with ?after=) once the layer is back; nothing it missed is lost, only late.
+            if _is_transport_error(exc):
+                logger.warning("chat socket lost the channel layer (%r): closing 1013", exc)
+                code = CLOSE_TRY_AGAIN
+            else:
+                logger.exception("chat consumer failed")
+                code = CLOSE_SERVER_ERROR
+            with contextlib.suppress(Exception):
+                await self.base_send({"type": "websocket.close", "code": code})
+            with contextlib.suppress(Exception):
+                await self.disconnect(code)
+
+    async def connect(self):
+        self.user = self.scope.get("user") or AnonymousUser()
+        self.consultation_id = int(self.scope["url_route"]["kwargs"]["consultation_id"])
+        self.consultation = None
+        self.joined_groups: list[str] = []
+        self.present = False
+        self.heartbeat_task: asyncio.Task | None = None
+        self.delivered = _RecentIds(RECENT_IDS)
+        self.inbound: deque[float] = deque()
+        self.last_typing = float("-inf")
+        self.request = ScopeRequest(self.scope, self.user)
+
+        auth_error = self.scope.get("auth_error")
+        if auth_error == "unavailable":
+            return await self._refuse(CLOSE_TRY_AGAIN)
+        if not self.user.is_authenticated:
+            code = CLOSE_FORBIDDEN if auth_error == "origin_not_allowed" else CLOSE_UNAUTHENTICATED
+            return await self._refuse(code)
+        try:
+            after = self._after_param()
+        except InvalidInput:
+            return await self._refuse(CLOSE_BAD_REQUEST)
+        try:
+            self.consultation = await _load_consultation(self.user, self.consultation_id)
+        except NotFound:
+            return await self._refuse(CLOSE_FORBIDDEN)
+
+        # Groups are joined only now, after the permission check: the consultation's
+        # events, and the user's own group through which revocation closes this socket.
+        try:
+            for group in (
+                events.consultation_group(self.consultation_id),
+                events.user_group(self.user.pk),
+            ):
+                await self.channel_layer.group_add(group, self.channel_name)
+                self.joined_groups.append(group)
+        except Exception as exc:  # Channel layer down: no live path, ask to retry later.
+            logger.warning("websocket refused, channel layer unavailable: %r", exc)
+            await self._leave_groups()
+            return await self._refuse(CLOSE_TRY_AGAIN)
+
+        await self.accept()
+        await self._presence_join()
+        if after is not None:
+            # Joined before reading: whatever commits from here on also arrives live (and
+            # is de-duplicated), whatever committed before is in the replay.
+            await self._replay(after)
+
+    async def disconnect(self, code):
+        if getattr(self, "heartbeat_task", None) is not None:
+            self.heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.heartbeat_task
+            self.heartbeat_task = None
+        if getattr(self, "present", False):
+            try:
+                last = await _off_thread(presence.backend().leave)(
+                    consultation_id=self.consultation_id,
+                    user_id=self.user.pk,
+                    connection=self.channel_name,
+                )
+            except Exception as exc:  # Redis down: the entry expires on its own.
+                logger.warning("presence leave failed: %r", exc)
+                last = False
+            self.present = False
+            if last:
+                await self._broadcast(events.presence_event(user_id=self.user.pk, online=False))
+        await self._leave_groups()
+
+    async def _refuse(self, code: int) -> None:
+        # Accept first: a close before the handshake completes reaches browsers as a failed
+        # HTTP upgrade without the code, and the contract promises the code.
+        await self.accept()
+        await self.close(code=code)
+
+    async def _leave_groups(self) -> None:
+        for group in getattr(self, "joined_groups", []):
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:  # group membership expires on its own
+                logger.warning("group_discard %s failed: %r", group, exc)
+        self.joined_groups = []
+
+    def _after_param(self) -> int | None:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        values = query.get("after")
+        if not values or values[0] == "":
+            return None
+        return _parse_id(values[0], name="after", minimum=0)
+
+    # --- Replay and presence ---------------------------------------------------------
+
+    async def _replay(self, after: int) -> None:
+        cursor, total = after, 0
+        while True:
+            payloads, more = await _replay_batch(self.consultation_id, cursor)
+            for payload in payloads:
+                await self._deliver(payload)
+            total += len(payloads)
+            if not more or not payloads:
+                break
+            cursor = payloads[-1]["id"]
+        if total:
+            await _audit_replay(self.request, self.consultation)
+
+    async def _presence_join(self) -> None:
+        try:
+            first = await _off_thread(presence.backend().join)(
+                consultation_id=self.consultation_id,
+                user_id=self.user.pk,
+                connection=self.channel_name,
+            )
+            self.present = True
+            if first:
+                await self._broadcast(events.presence_event(user_id=self.user.pk, online=True))
+            online = await _off_thread(presence.backend().online_users)(
+                consultation_id=self.consultation_id
+            )
+            for user_id in sorted(online - {self.user.pk}):
+                await self._send_json({"type": "presence", "user": user_id, "online": True})
+        except Exception as exc:  # Presence is advisory; the heartbeat tries again.
+            logger.warning("presence join failed: %r", exc)
+        self.heartbeat_task = asyncio.ensure_future(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        interval = max(1.0, settings.MESSAGING_PRESENCE_TTL_SECONDS / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                back, gone = await _off_thread(presence.backend().heartbeat)(
+                    consultation_id=self.consultation_id,
+                    user_id=self.user.pk,
+                    connection=self.channel_name,
+                )
+            except Exception as exc:
+                logger.warning("presence heartbeat failed: %r", exc)
+                continue
+            self.present = True
+            if back:
+                await self._broadcast(events.presence_event(user_id=self.user.pk, online=True))
+            for user_id in gone:  # their node died without saying goodbye
+                await self._broadcast(events.presence_event(user_id=user_id, online=False))
+
+    # --- Inbound events --------------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if text_data is None:
+            return await self._error("invalid", "Send JSON text frames.")
+        limit = settings.MESSAGING_WS_MAX_FRAME_BYTES
+        if len(text_data) > limit or len(text_data.encode("utf-8")) > limit:
+            return await self._error("too_large", f"Frames are limited to {limit} bytes.")
+        retry_after = self._take_inbound_budget()
+        if retry_after is not None:
+            return await self._error(
+                "rate_limited", "Too many events; slow down.", retry_after=retry_after
+            )
+        try:
+            event = json.loads(text_data)
+        except ValueError:
+            return await self._error("invalid", "Frames must be JSON objects.")
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return await self._error("invalid", 'Frames must be JSON objects with a "type".')
+        handler = {
+            "message.send": self._on_send,
+            "typing": self._on_typing,
+            "read": self._on_read,
+        }.get(event["type"])
+        if handler is None:
+            return await self._error("unknown_type", f"Unknown event type {event['type']!r}.")
+        try:
+            await handler(event)
+        except NotFound:
+            # Authorization is re-checked on every event: access is gone, so is the socket.
+            await self.close(code=CLOSE_FORBIDDEN)
+        except ApplicationError as exc:
+            await self._error(exc.code, exc.message)
+        except Exception:
+            logger.exception("chat event %s failed", event["type"])
+            await self._error("server_error", "The event could not be processed.")
+
+    def _take_inbound_budget(self) -> int | None:
+        """Sliding window per connection; the seconds to wait when it is used up."""
+        now = time.monotonic()
+        window = settings.MESSAGING_WS_RATE_WINDOW_SECONDS
+        while self.inbound and self.inbound[0] <= now - window:
+            self.inbound.popleft()
+        if len(self.inbound) >= settings.MESSAGING_WS_RATE_EVENTS:
+            # Whole seconds, at least 1, like the REST API's Retry-After.
+            return max(1, math.ceil(self.inbound[0] + window - now))
+        self.inbound.append(now)
+        return None
+
+    async def _on_send(self, event: dict) -> None:
+        client_id = event.get("client_id")
+        try:
+            payload = await _send(self.request, self.consultation_id, event.get("body"), client_id)
+        except NotFound:
+            raise
+        except RateLimited as exc:
+            return await self._error(
+                exc.code, exc.message, retry_after=exc.retry_after, client_id=client_id
+            )
+        except ApplicationError as exc:
+            return await self._error(exc.code, exc.message, client_id=client_id)
+        # The acknowledgement: the stored message, sent straight back (also for a repeated
+        # client_id, and when the channel layer is down); the fan-out copy is dropped.
+        await self._deliver(payload, acknowledgement=True)
+
+    async def _on_typing(self, event: dict) -> None:
+        now = time.monotonic()
+        if now - self.last_typing < settings.MESSAGING_TYPING_INTERVAL_SECONDS:
+            return  # throttled: typing is a hint, extras are dropped without an answer
+        self.last_typing = now
+        consultation = await _recheck(self.user, self.consultation_id)
+        if not permissions.is_participant(user=self.user, consultation=consultation):
+            raise Forbidden("Only the consultation's participants type.", code="not_participant")
+        if not permissions.is_open(consultation.status):
+            raise Conflict("This consultation's chat is read-only.", code="consultation_closed")
+        await self._broadcast(events.typing_event(user_id=self.user.pk))
+
+    async def _on_read(self, event: dict) -> None:
+        message_id = _parse_id(event.get("message_id"), name="message_id", minimum=1)
+        await _read(self.user, self.consultation_id, message_id)
+
+    # --- Events from the channel layer -----------------------------------------------
+
+    async def chat_message(self, event):
+        await self._deliver(event["message"])
+
+    async def chat_typing(self, event):
+        if event["user"] != self.user.pk:
+            await self._send_json({"type": "typing", "user": event["user"]})
+
+    async def chat_read(self, event):
+        await self._send_json(
+            {"type": "read", "user": event["user"], "message_id": event["message_id"]}
+        )
+
+    async def chat_presence(self, event):
+        if event["user"] != self.user.pk:
+            await self._send_json(
+                {"type": "presence", "user": event["user"], "online": event["online"]}
+            )
+
+    async def session_revoked(self, event):
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    # --- Output ----------------------------------------------------------------------
+
+    async def _deliver(self, payload: dict, *, acknowledgement: bool = False) -> None:
+        if self.delivered.add(payload["id"]) or acknowledgement:
+            await self._send_json({"type": "message", "message": payload})
+
+    async def _broadcast(self, event: dict) -> None:
+        await events.agroup_send(events.consultation_group(self.consultation_id), event)
+
+    async def _error(self, code: str, message: str, **extra) -> None:
+        await self._send_json(
+            {
+                "type": "error",
+                "code": code,
+                "message": message,
+                **{key: value for key, value in extra.items() if value is not None},
+            }
+        )
+
+    async def _send_json(self, data: dict) -> None:
+        try:
+            await self.send(text_data=json.dumps(data, separators=(",", ":")))
+        except Exception as exc:  # the client went away mid-send; disconnect() follows
+            logger.debug("websocket send failed: %r", exc)

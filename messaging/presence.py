@@ -1,0 +1,252 @@
+"""Who has a chat open: per consultation, per user, across tabs and nodes.
+
+Each open socket is one member ``"<user id>|<channel name>"`` of a Redis sorted set per
+consultation, scored with the time its entry expires. A socket renews its entry every third
+of MESSAGING_PRESENCE_TTL_SECONDS; when a node dies its sockets stop renewing and their
+entries expire, and the next heartbeat of any socket in that consultation removes them and
+announces the users who are gone. A user is online while any of their entries is live, so
+closing one of two tabs changes nothing.
+
+Joining, leaving and pruning each run as one Lua script, so "was this the user's first /
+last live socket?" is answered atomically: two tabs closing at once on two nodes announce
+"offline" once, and a tab opening while another closes never ends in a wrong "offline".
+
+Without Redis (the embedded default, one web process) the same logic runs in memory.
+Presence is advisory: callers treat a failure as "unknown" and carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.conf import settings
+
+logger = logging.getLogger("medease.messaging")
+
+_KEY = "medease:presence:consultation:{consultation_id}"
+
+# KEYS[1] zset; ARGV: member, user prefix "<uid>|", now, expires, key ttl → 1 if the user
+# already had a live socket here.
+_JOIN = """
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
+local had = 0
+for _, member in ipairs(live) do
+  if member ~= ARGV[1] and string.sub(member, 1, string.len(ARGV[2])) == ARGV[2] then
+    had = 1
+    break
+  end
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return had
+"""
+
+# KEYS[1] zset; ARGV: member, user prefix, now → 1 if that was the user's last live socket.
+_LEAVE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
+for _, member in ipairs(live) do
+  if string.sub(member, 1, string.len(ARGV[2])) == ARGV[2] then
+    return 0
+  end
+end
+return 1
+"""
+
+# KEYS[1] zset; ARGV: member, user prefix, now, expires, key ttl.
+# Renews this socket's entry and removes expired ones. Returns {back, gone...}: back is 1
+# when this socket's entry had expired (pruned by someone) and the user was not otherwise
+# online, i.e. they come back; gone lists users whose last live entry just expired.
+_HEARTBEAT = """
+local now = tonumber(ARGV[3])
+local back = 0
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false then
+  back = 1
+  local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
+  for _, member in ipairs(live) do
+    if string.sub(member, 1, string.len(ARGV[2])) == ARGV[2] then
+      back = 0
+      break
+    end
+  end
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+local result = {back}
+if #expired == 0 then
+  return result
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
+local online = {}
+for _, member in ipairs(live) do
+  online[string.match(member, '^(%d+)|')] = true
+end
+local seen = {}
+for _, member in ipairs(expired) do
+  local uid = string.match(member, '^(%d+)|')
+  if uid and not online[uid] and not seen[uid] then
+    seen[uid] = true
+    table.insert(result, uid)
+  end
+end
+return result
+"""
+
+
+def _member(user_id: int, connection: str) -> str:
+    return f"{user_id}|{connection}"
+
+
+def _prefix(user_id: int) -> str:
+    return f"{user_id}|"
+
+
+class RedisPresence:
+    """Presence in Redis (the `default` cache's server), shared by every node."""
+
+    def __init__(self) -> None:
+        self._scripts: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def _client(self):
+        from django_redis import get_redis_connection
+
+        return get_redis_connection("default")
+
+    def _script(self, source: str):
+        with self._lock:
+            if source not in self._scripts:
+                self._scripts[source] = self._client().register_script(source)
+            return self._scripts[source]
+
+    @staticmethod
+    def _ttl() -> int:
+        return settings.MESSAGING_PRESENCE_TTL_SECONDS
+
+    def join(self, *, consultation_id: int, user_id: int, connection: str) -> bool:
+        """Add a socket; True when the user was not online here before (announce them)."""
+        now = time.time()
+        had = self._script(_JOIN)(
+            keys=[_KEY.format(consultation_id=consultation_id)],
+            args=[
+                _member(user_id, connection),
+                _prefix(user_id),
+                now,
+                now + self._ttl(),
+                2 * self._ttl(),
+            ],
+        )
+        return not int(had)
+
+    def leave(self, *, consultation_id: int, user_id: int, connection: str) -> bool:
+        """Remove a socket; True when it was the user's last one here (announce them gone)."""
+        gone = self._script(_LEAVE)(
+            keys=[_KEY.format(consultation_id=consultation_id)],
+            args=[_member(user_id, connection), _prefix(user_id), time.time()],
+        )
+        return bool(int(gone))
+
+    def heartbeat(
+        self, *, consultation_id: int, user_id: int, connection: str
+    ) -> tuple[bool, list[int]]:
+        """Renew a socket; (user came back, users whose last socket expired)."""
+        now = time.time()
+        result = self._script(_HEARTBEAT)(
+            keys=[_KEY.format(consultation_id=consultation_id)],
+            args=[
+                _member(user_id, connection),
+                _prefix(user_id),
+                now,
+                now + self._ttl(),
+                2 * self._ttl(),
+            ],
+        )
+        return bool(int(result[0])), [int(uid) for uid in result[1:]]
+
+    def online_users(self, *, consultation_id: int) -> set[int]:
+        """Users with a live socket in the consultation."""
+        members = self._client().zrangebyscore(
+            _KEY.format(consultation_id=consultation_id), time.time(), "+inf"
+        )
+        return {int(member.split(b"|", 1)[0]) for member in members}
+
+
+class LocalPresence:
+    """The same semantics in process memory, for the embedded default (one web process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # consultation id → {(user id, connection): expires}
+        self._entries: dict[int, dict[tuple[int, str], float]] = {}
+
+    @staticmethod
+    def _live_users(entries: dict[tuple[int, str], float], now: float) -> set[int]:
+        return {uid for (uid, _), expires in entries.items() if expires >= now}
+
+    def join(self, *, consultation_id: int, user_id: int, connection: str) -> bool:
+        now = time.time()
+        with self._lock:
+            entries = self._entries.setdefault(consultation_id, {})
+            others = {key: exp for key, exp in entries.items() if key != (user_id, connection)}
+            had = user_id in self._live_users(others, now)
+            entries[(user_id, connection)] = now + settings.MESSAGING_PRESENCE_TTL_SECONDS
+            return not had
+
+    def leave(self, *, consultation_id: int, user_id: int, connection: str) -> bool:
+        now = time.time()
+        with self._lock:
+            entries = self._entries.get(consultation_id, {})
+            if entries.pop((user_id, connection), None) is None:
+                return False
+            if not entries:
+                self._entries.pop(consultation_id, None)
+            return user_id not in self._live_users(entries, now)
+
+    def heartbeat(
+        self, *, consultation_id: int, user_id: int, connection: str
+    ) -> tuple[bool, list[int]]:
+        now = time.time()
+        with self._lock:
+            entries = self._entries.setdefault(consultation_id, {})
+            back = (user_id, connection) not in entries and user_id not in self._live_users(
+                entries, now
+            )
+            entries[(user_id, connection)] = now + settings.MESSAGING_PRESENCE_TTL_SECONDS
+            expired = [key for key, exp in entries.items() if exp < now]
+            for key in expired:
+                del entries[key]
+            online = self._live_users(entries, now)
+            gone = sorted({uid for uid, _ in expired if uid not in online})
+            return back, gone
+
+    def online_users(self, *, consultation_id: int) -> set[int]:
+        with self._lock:
+            return self._live_users(self._entries.get(consultation_id, {}), time.time())
+
+
+_backend: RedisPresence | LocalPresence | None = None
+_backend_lock = threading.Lock()
+
+
+def backend() -> RedisPresence | LocalPresence:
+    """The presence store for this configuration (Redis when REDIS_URL is set)."""
+    global _backend
+    with _backend_lock:
+        if _backend is None:
+            _backend = RedisPresence() if settings.REDIS_URL else LocalPresence()
+        return _backend
+
+
+def online_users(*, consultation_id: int) -> set[int] | None:
+    """Users online in the consultation, or None when presence cannot be read."""
+    try:
+        return backend().online_users(consultation_id=consultation_id)
+    except Exception as exc:  # Redis down: callers decide what "unknown" means.
+        logger.warning("presence unavailable: %s", exc)
+        return None

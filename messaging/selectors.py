@@ -1,0 +1,147 @@
+"""Reads of chat data. Callers authorize the consultation first
+(``consultations.selectors.consultation_get_for_user``); these then scope by it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db.models import BigIntegerField, Count, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from accounts.models import AuthToken, User
+from consultations.models import Consultation
+from consultations.selectors import consultation_get_for_user
+from medease import db as db_routing
+from medease.exceptions import NotFound
+from messaging.models import Message, MessageClientId, ReadMarker
+
+# What the audit log calls a read of a consultation's chat history (PHI).
+HISTORY_AUDIT_TYPE = "consultation.messages"
+
+
+def messages_page(
+    *,
+    consultation_id: int,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+) -> tuple[list[Message], bool]:
+    """One page of a consultation's history, in id order, and whether more lie beyond it.
+
+    With ``after``: the oldest ``limit`` messages with a greater id ("more" is newer ones).
+    Without: the newest ``limit`` messages (below ``before`` if given; "more" is older ones).
+    One query, whatever the limit.
+    """
+    queryset = Message.objects.filter(consultation_id=consultation_id)
+    if after is not None:
+        queryset = queryset.filter(id__gt=after)
+    if before is not None:
+        queryset = queryset.filter(id__lt=before)
+    if after is not None:
+        rows = list(queryset.order_by("id")[: limit + 1])
+        return rows[:limit], len(rows) > limit
+    rows = list(queryset.order_by("-id")[: limit + 1])
+    page = rows[:limit]
+    page.reverse()
+    return page, len(rows) > limit
+
+
+def message_for_client_id(*, sender_id: int, client_id: str) -> Message | None:
+    """The message a sender already stored under this client_id, if any."""
+    key = (
+        MessageClientId.objects.filter(sender_id=sender_id, client_id=client_id)
+        .values("message_id", "message_created_at")
+        .first()
+    )
+    if key is None:
+        return None
+    # created_at lets PostgreSQL look in one partition only.
+    return Message.objects.filter(
+        id=key["message_id"], created_at=key["message_created_at"]
+    ).first()
+
+
+def message_exists(*, consultation_id: int, message_id: int) -> bool:
+    return Message.objects.filter(consultation_id=consultation_id, id=message_id).exists()
+
+
+def unread_counts_for(*, user: User, consultation_ids: Iterable[int]) -> dict[int, int]:
+    """Unread messages per consultation for the user, in one query, from the read markers.
+
+    Unread: not sent by the user, not deleted, with an id above the user's marker (no
+    marker: everything). Counting starts at the marker, so the work is the unread messages'
+    index entries, not the history's.
+    """
+    ids = sorted({int(pk) for pk in consultation_ids})
+    if not ids:
+        return {}
+    marker = ReadMarker.objects.filter(
+        consultation_id=OuterRef(OuterRef("pk")), user_id=user.pk
+    ).values("last_read_message_id")[:1]
+    unread = (
+        Message.objects.filter(
+            consultation_id=OuterRef("pk"),
+            deleted_at__isnull=True,
+            id__gt=Coalesce(Subquery(marker), Value(0), output_field=BigIntegerField()),
+        )
+        .exclude(sender_id=user.pk)
+        .order_by()
+        .values("consultation_id")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    counts = dict.fromkeys(ids, 0)
+    rows = (
+        Consultation.objects.filter(pk__in=ids)
+        .annotate(unread=Coalesce(Subquery(unread), Value(0), output_field=BigIntegerField()))
+        .values_list("pk", "unread")
+    )
+    counts.update({pk: int(n) for pk, n in rows})
+    return counts
+
+
+def unread_count_for(*, user: User, consultation: Consultation) -> int:
+    """Unread messages of one consultation for the user (one query)."""
+    return unread_counts_for(user=user, consultation_ids=[consultation.pk]).get(consultation.pk, 0)
+
+
+def chat_access(*, user_id: int, consultation_id: int) -> tuple[User, Consultation]:
+    """(user, consultation) when the user may still see the chat, else NotFound.
+
+    The check a socket made at connect, made again for every inbound event. The user is
+    reloaded too: ``scope["user"]`` was resolved at connect, and a staff member moved to
+    another clinic since must lose the chat now (revoked credentials close the socket
+    through the user's group; this covers changes that revoke nothing).
+    """
+    user = User.objects.select_related("organization").filter(pk=user_id, is_active=True).first()
+    if user is None:
+        raise NotFound("Consultation not found.")
+    return user, consultation_get_for_user(user=user, consultation_id=consultation_id)
+
+
+def ticket_user(*, user_id: int, token_id: int | None) -> User | None:
+    """The user a websocket ticket was issued to, if their credentials still hold.
+
+    Read from the primary: a logout a moment ago must be seen. A ticket bound to a token
+    dies with it (revoked, expired, or older than the user's last password change).
+    """
+    now = timezone.now()
+    if token_id is None:
+        return (
+            User.objects.using(db_routing.PRIMARY)
+            .filter(pk=user_id, is_active=True)
+            .select_related("organization")
+            .first()
+        )
+    token = (
+        AuthToken.objects.using(db_routing.PRIMARY)
+        .select_related("user", "user__organization")
+        .filter(pk=token_id, user_id=user_id, revoked_at__isnull=True, expires_at__gt=now)
+        .first()
+    )
+    if token is None or not token.user.is_active:
+        return None
+    if token.created_at < token.user.credentials_changed_at:
+        return None
+    return token.user

@@ -1,0 +1,271 @@
+"""Chat writes: sending (one path for REST and websocket), read markers, tickets, closing
+sockets on revocation, partition upkeep. Fan-out happens after commit, never inside."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.models import User
+from consultations.models import Consultation
+from medease.exceptions import Conflict, Forbidden, InvalidInput, NotFound
+from messaging import events, partitions, permissions, presence, selectors, tickets
+from messaging.models import (
+    MAX_BODY_LENGTH,
+    MAX_CLIENT_ID_LENGTH,
+    Message,
+    MessageClientId,
+    ReadMarker,
+)
+from messaging.serializers import message_payload
+from workers import services as notifications
+
+logger = logging.getLogger("medease.messaging")
+
+
+# --- Input rules (one place for REST and websocket) ----------------------------------------
+
+
+def _clean_body(body: object) -> str:
+    if not isinstance(body, str):
+        raise InvalidInput("body must be text.", fields={"body": ["Must be a string."]})
+    if not body.strip():
+        raise InvalidInput("The message is empty.", fields={"body": ["May not be blank."]})
+    if len(body) > MAX_BODY_LENGTH:
+        raise InvalidInput(
+            f"The message is longer than {MAX_BODY_LENGTH} characters.",
+            fields={"body": [f"At most {MAX_BODY_LENGTH} characters."]},
+        )
+    # PostgreSQL text cannot hold NUL: refuse it here instead of failing in the database.
+    if "\x00" in body:
+        raise InvalidInput("The message contains a NUL character.", fields={"body": ["Invalid."]})
+    return body
+
+
+def _clean_client_id(client_id: object) -> str:
+    if (
+        not isinstance(client_id, str)
+        or not 1 <= len(client_id) <= MAX_CLIENT_ID_LENGTH
+        or not client_id.isprintable()
+        or client_id != client_id.strip()
+    ):
+        raise InvalidInput(
+            f"client_id must be 1 to {MAX_CLIENT_ID_LENGTH} printable characters.",
+            fields={"client_id": ["Invalid."]},
+        )
+    return client_id
+
+
+# --- Sending -------------------------------------------------------------------------------
+
+
+def _repeat(existing: Message, *, consultation: Consultation) -> tuple[Message, bool]:
+    if existing.consultation_id != consultation.pk:
+        raise Conflict(
+            "This client_id was already used for a message in another consultation.",
+            code="client_id_reused",
+            fields={"client_id": ["Already used."]},
+        )
+    return existing, False
+
+
+def message_send(
+    *, consultation: Consultation, sender: User, body: str, client_id: str
+) -> tuple[Message, bool]:
+    """Store a message once per (sender, client_id), then fan it out after commit.
+
+    Returns ``(message, created)``; a repeated client_id returns the stored message with
+    ``created=False`` (also once the consultation has closed: the first send succeeded).
+    The caller has found ``consultation`` through ``consultation_get_for_user``.
+    """
+    body = _clean_body(body)
+    client_id = _clean_client_id(client_id)
+    if not permissions.is_participant(user=sender, consultation=consultation):
+        raise Forbidden(
+            "Only the consultation's patient and provider send messages.", code="not_participant"
+        )
+    for attempt in (1, 2):
+        try:
+            return _store(consultation=consultation, sender=sender, body=body, client_id=client_id)
+        except IntegrityError as exc:
+            if attempt == 1 and partitions.is_missing_partition(exc):
+                # The beat job that keeps partitions ahead has not run for months: make the
+                # partition now rather than refuse a clinical message, then try once more.
+                logger.error("no message partition for now; creating it inline: %s", exc)
+                partitions.ensure_partitions(months_ahead=1)
+                continue
+            # A concurrent send with the same client_id committed first: answer with it.
+            existing = selectors.message_for_client_id(sender_id=sender.pk, client_id=client_id)
+            if existing is None:
+                raise
+            return _repeat(existing, consultation=consultation)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _store(
+    *, consultation: Consultation, sender: User, body: str, client_id: str
+) -> tuple[Message, bool]:
+    """The transaction of message_send (IntegrityError: a concurrent repeat won)."""
+    with transaction.atomic():
+        # Lock the consultation row (FOR NO KEY UPDATE, compatible with the inserts'
+        # foreign-key checks). It serializes this consultation's sends, so message ids
+        # commit in id order and "replay after id N" can never miss a smaller id that
+        # commits later; and it waits for a concurrent complete/cancel, so the status
+        # read below is the one that holds at commit.
+        status = (
+            Consultation.objects.select_for_update(no_key=True)
+            .filter(pk=consultation.pk)
+            .values_list("status", flat=True)
+            .first()
+        )
+        if status is None:
+            raise NotFound("Consultation not found.")
+        existing = selectors.message_for_client_id(sender_id=sender.pk, client_id=client_id)
+        if existing is not None:
+            return _repeat(existing, consultation=consultation)
+        if not permissions.is_open(status):
+            raise Conflict(
+                f"This consultation is {status.replace('_', ' ')}; its chat is read-only.",
+                code="consultation_closed",
+            )
+        message = Message.objects.create(
+            consultation_id=consultation.pk, sender=sender, body=body, client_id=client_id
+        )
+        # The unique (sender, client_id) constraint is what makes a concurrent repeat in
+        # another consultation (not serialized by the lock above) fail here.
+        MessageClientId.objects.create(
+            sender=sender,
+            client_id=client_id,
+            message_id=message.pk,
+            message_created_at=message.created_at,
+        )
+        # Whoever writes has read everything up to their own message.
+        _marker_advance(consultation_id=consultation.pk, user_id=sender.pk, upto=message.pk)
+        _notify_offline_participants(consultation=consultation, sender=sender)
+        events.group_send_on_commit(
+            events.consultation_group(consultation.pk),
+            events.message_event(message_payload(message)),
+        )
+    return message, True
+
+
+def _notify_offline_participants(*, consultation: Consultation, sender: User) -> None:
+    """Outbox rows for participants with no open socket here, one per idle period.
+
+    Runs in the send's transaction, so a rolled-back send notifies nobody. The period is
+    claimed with a conditional UPDATE of the recipient's read marker (the database decides
+    between concurrent sends): a notification is due if none was sent yet, or the last one
+    is older than MESSAGING_OFFLINE_NOTIFY_SECONDS, or the user has read the chat since.
+    When presence cannot be read (Redis down) everyone counts as offline: one extra email
+    per period beats a clinical message nobody notices.
+    """
+    recipients = [
+        user
+        for user in (consultation.patient, consultation.provider)
+        if user is not None and user.pk != sender.pk
+    ]
+    if not recipients:
+        return
+    online = presence.online_users(consultation_id=consultation.pk) or set()
+    now = timezone.now()
+    period_start = now - timedelta(seconds=settings.MESSAGING_OFFLINE_NOTIFY_SECONDS)
+    for recipient in recipients:
+        if recipient.pk in online:
+            continue
+        ReadMarker.objects.get_or_create(consultation_id=consultation.pk, user_id=recipient.pk)
+        claimed = (
+            ReadMarker.objects.filter(consultation_id=consultation.pk, user_id=recipient.pk)
+            .filter(
+                Q(notified_at__isnull=True)
+                | Q(notified_at__lt=period_start)
+                | Q(notified_at__lt=F("read_at"))
+            )
+            .update(notified_at=now)
+        )
+        if claimed:
+            notifications.notify_unread_messages(user=recipient, consultation=consultation)
+
+
+# --- Read markers --------------------------------------------------------------------------
+
+
+def _marker_advance(*, consultation_id: int, user_id: int, upto: int) -> bool:
+    """Move a marker forward to ``upto``; never back. True when it moved.
+
+    A conditional UPDATE (``last_read_message_id < upto``) decides between concurrent reads
+    from two tabs: the higher one wins whatever the order.
+    """
+    now = timezone.now()
+
+    def advance() -> int:
+        return ReadMarker.objects.filter(
+            consultation_id=consultation_id, user_id=user_id, last_read_message_id__lt=upto
+        ).update(last_read_message_id=upto, read_at=now)
+
+    if advance():
+        return True
+    _, created = ReadMarker.objects.get_or_create(
+        consultation_id=consultation_id,
+        user_id=user_id,
+        defaults={"last_read_message_id": upto, "read_at": now},
+    )
+    # Not created: the marker was already at or past upto, or a concurrent first read made
+    # it between our UPDATE and get_or_create; one more conditional UPDATE settles it.
+    return created or bool(advance())
+
+
+def read_marker_advance(*, consultation: Consultation, user: User, message_id: int) -> bool:
+    """Mark the consultation read up to ``message_id`` for the user; True when it moved.
+
+    Anyone who may see the consultation keeps a marker (staff have unread counts too). A
+    marker that moved is announced to the consultation's sockets after commit.
+    """
+    if not selectors.message_exists(consultation_id=consultation.pk, message_id=message_id):
+        raise InvalidInput(
+            "No such message in this consultation.",
+            fields={"message_id": ["Not a message of this consultation."]},
+        )
+    with transaction.atomic():
+        moved = _marker_advance(consultation_id=consultation.pk, user_id=user.pk, upto=message_id)
+        if moved:
+            events.group_send_on_commit(
+                events.consultation_group(consultation.pk),
+                events.read_event(user_id=user.pk, message_id=message_id),
+            )
+    return moved
+
+
+# --- Websocket tickets and revocation ------------------------------------------------------
+
+
+def ws_ticket_issue(*, user: User, token=None) -> str:
+    """A single-use websocket ticket for the user (bound to the token that asked for it)."""
+    return tickets.ticket_store(user_id=user.pk, token_id=getattr(token, "pk", None))
+
+
+def user_sockets_close(*, user_id: int) -> None:
+    """Close every open chat socket of the user, on every node (credentials revoked).
+
+    Channels resolves ``scope["user"]`` once, at connect; without this a logged-out user's
+    sockets would keep streaming. Registered with accounts.services.on_credentials_revoked,
+    which calls it after commit.
+    """
+    events.group_send(events.user_group(user_id), events.revoked_event())
+
+
+# --- Partitions ----------------------------------------------------------------------------
+
+
+def message_partitions_ensure(*, months_ahead: int | None = None) -> list[str]:
+    """Create missing monthly message partitions (PostgreSQL); returns the ones created."""
+    created = partitions.ensure_partitions(
+        months_ahead=months_ahead or settings.MESSAGING_PARTITION_MONTHS_AHEAD
+    )
+    if created:
+        logger.info("created message partitions: %s", ", ".join(created))
+    return created

@@ -394,7 +394,10 @@ if LOG_FORMAT not in ("json", "text"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "medease.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "medease.logging.RequestIdFilter"},
+        "redact": {"()": "medease.logging.RedactSecretsFilter"},
+    },
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -407,13 +410,15 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
-            "filters": ["request_id"],
+            "filters": ["request_id", "redact"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "daphne": {"level": "WARNING"},
+        # Route uvicorn's own lines through our handler: JSON, and tickets redacted.
+        "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
 

@@ -169,13 +169,14 @@ class ReplicaStatus:
         }
 
 
-# Replay position, receive position, and the replica's own idea of its lag (used only when
-# the primary's WAL history cannot place the replay position, e.g. right after start-up).
+# Replay position, and while WAL it has received waits to be replayed, how old the last
+# transaction it replayed is (an upper bound of its staleness, NULL when it is caught up
+# with what it received).
 _REPLICA_PROBE_SQL = """
 SELECT pg_is_in_recovery(),
        pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
-       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
+       CASE WHEN pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn()
+            THEN EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
        END::float8
 """
 _PRIMARY_LSN_SQL = "SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint"
@@ -214,13 +215,12 @@ def _probe_connect(alias: str) -> psycopg.Connection:
 class ReplicaMonitor:
     """Per-process background prober of replica reachability and lag.
 
-    Lag is measured against the primary: each round records the primary's flushed WAL
-    position (what a replica can have received) with the time it was read. A replica whose
-    replay position has reached the sample taken at time ``t`` holds everything the
-    primary had committed at ``t``, so it is at most ``now - t`` behind (to within one
-    interval). Unlike ``now() - pg_last_xact_replay_timestamp()`` this does not report a
-    large lag for a replica of an idle primary, and it does see a replica whose WAL stream
-    stopped: its replay position stays behind while the primary moves on.
+    Lag is measured against the primary too: each round records the primary's flushed WAL
+    position (what a replica can have received) with the time it was read, and
+    :meth:`_lag` combines that with the replica's own view. Unlike
+    ``now() - pg_last_xact_replay_timestamp()`` alone, this does not report a large lag
+    for a replica of an idle primary, and it does see a replica whose WAL stream stopped:
+    its replay position stays behind while the primary moves on.
 
     Started lazily by the first read that has replicas to choose from, and again in a
     forked child (Celery prefork), since threads do not survive ``fork()``.
@@ -324,23 +324,34 @@ class ReplicaMonitor:
             return
         self._primary_history.append((time.monotonic(), int(lsn)))
 
-    def _lag(self, replay_lsn: int | None, own_lag: float, now: float) -> float:
+    def _lag(self, replay_lsn: int | None, pending_age: float | None, now: float) -> float:
+        """Seconds the replica is behind at most (two upper bounds, the smaller wins).
+
+        * From the primary's samples: the replica holds everything the primary had
+          flushed at the newest sample it has replayed, taken at ``t``: ``now - t``. This
+          catches a replica whose WAL stream stopped, but is only as fine as the samples
+          (a starved monitor thread samples less often and would overstate the lag).
+        * From the replica, while received WAL waits to be replayed: the age of the last
+          transaction it replayed (``pending_age``). Fine-grained, but blind to a stream
+          that stopped, which the first bound covers.
+        """
         history = self._primary_history
-        if replay_lsn is not None and history:
-            if history[-1][1] <= replay_lsn:
-                return 0.0  # it has replayed all the primary had flushed at the last sample
-            for sampled_at, lsn in reversed(history):
-                if lsn <= replay_lsn:
-                    return max(0.0, now - sampled_at)
+        if replay_lsn is None:
+            return pending_age or 0.0
+        if history and history[-1][1] <= replay_lsn:
+            return 0.0  # it has replayed all the primary had flushed at the last sample
+        bound = next((now - t for t, lsn in reversed(history) if lsn <= replay_lsn), None)
+        if bound is None:
             # Behind every sample we hold: at least this far behind.
-            return max(own_lag, now - history[0][0])
-        # No primary samples (the primary did not answer): the replica's own estimate.
-        return own_lag
+            at_least = now - history[0][0] if history else 0.0
+            return max(at_least, pending_age) if pending_age is not None else at_least
+        bound = max(0.0, bound)
+        return min(bound, pending_age) if pending_age is not None else bound
 
     def _probe_one(self, alias: str) -> ReplicaStatus:
         previous = self._status.get(alias)
         try:
-            in_recovery, replay_lsn, own_lag = self._execute(alias, _REPLICA_PROBE_SQL)
+            in_recovery, replay_lsn, pending_age = self._execute(alias, _REPLICA_PROBE_SQL)
         except Exception as exc:
             status = ReplicaStatus(
                 alias=alias,
@@ -352,7 +363,8 @@ class ReplicaMonitor:
         else:
             now = time.monotonic()
             if in_recovery:
-                lag = self._lag(None if replay_lsn is None else int(replay_lsn), own_lag, now)
+                replay = None if replay_lsn is None else int(replay_lsn)
+                lag = self._lag(replay, None if pending_age is None else float(pending_age), now)
                 error = ""
             else:
                 # Promoted, or not a replica at all: it cannot be behind. /health/ready

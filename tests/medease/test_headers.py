@@ -73,3 +73,37 @@ def test_openapi_schema_and_docs(client):
     assert document["openapi"].startswith("3.")
     assert "/api/v1/auth/login" in document["paths"]
     assert client.get("/api/docs/").status_code == 200
+
+
+def test_websocket_tickets_are_redacted_from_log_lines():
+    from medease.logging import RedactSecretsFilter
+
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "WebSocket %s" [accepted]',
+        ("127.0.0.1:5000", "/ws/consultations/7/?ticket=s3cr3t-TICKET_x&after=12"),
+        None,
+    )
+    assert RedactSecretsFilter().filter(record)
+    line = record.getMessage()
+    assert "s3cr3t" not in line
+    assert "ticket=***&after=12" in line
+
+
+def test_redaction_keeps_mapping_style_log_arguments_working():
+    from medease.logging import RedactSecretsFilter
+
+    record = logging.LogRecord(
+        "x",
+        logging.INFO,
+        __file__,
+        1,
+        "%(name)s: %(url)s",
+        ({"name": "a", "url": "?ticket=t1"},),
+        None,
+    )
+    assert RedactSecretsFilter().filter(record)
+    assert record.getMessage() == "a: ?ticket=***"

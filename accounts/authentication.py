@@ -28,13 +28,15 @@ class BearerTokenAuthentication(BaseAuthentication):
             )
         try:
             raw = parts[1].decode("ascii")
-            user, token = selectors.token_resolve(raw=raw)
+            facts = selectors.token_lookup(raw=raw)
+            # Before the user row is read: a user who just wrote reads the primary.
+            db_routing.pin_if_user_wrote_recently(facts.user_id)
+            user, token = selectors.token_user(facts=facts, raw=raw)
         except UnicodeDecodeError:
             raise AuthenticationFailed("The token is invalid.", code="invalid_token") from None
         except NotAuthenticated as exc:
             raise AuthenticationFailed(exc.message, code=exc.code) from None
         services.token_touch(token=token)
-        db_routing.pin_if_user_wrote_recently(user.pk)
         return user, token
 
     def authenticate_header(self, request) -> str:

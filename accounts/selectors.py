@@ -2,39 +2,108 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
 from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from accounts import token_cache
 from accounts.models import AuthToken, Role, User
 from accounts.services import token_digest
 from medease import db as db_routing
 from medease.exceptions import NotAuthenticated
 
 
-def token_resolve(*, raw: str) -> tuple[User, AuthToken]:
-    """The user behind a raw bearer token, or NotAuthenticated.
+@dataclass(frozen=True)
+class TokenFacts:
+    """What authentication needs to know about a token, cacheable without the user row."""
 
-    Read from the primary: a token issued or revoked a moment ago must be seen as such,
-    whatever a replica has replayed yet.
+    token_id: int
+    user_id: int
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime
+
+    def usable(self, now: datetime) -> bool:
+        return self.expires_at > now and self.last_used_at + settings.TOKEN_IDLE_TIMEOUT > now
+
+
+def _invalid() -> NotAuthenticated:
+    return NotAuthenticated("The token is invalid or has expired.", code="invalid_token")
+
+
+def token_lookup(*, raw: str) -> TokenFacts:
+    """The facts of a live token, from the shared cache or else the primary.
+
+    The primary, never a replica: a token issued or revoked a moment ago must be seen as
+    such. Revocation writes a tombstone into the cache (services.token_cache_forget), and a
+    fill only *adds*, so a lookup racing with a logout cannot bring a revoked token back.
+    With the cache down every lookup reads the primary.
     """
-    token = (
-        AuthToken.objects.using(db_routing.PRIMARY)
-        .select_related("user", "user__organization")
-        .filter(digest=token_digest(raw))
-        .first()
-    )
+    digest = token_digest(raw)
     now = timezone.now()
-    if (
-        token is None
-        or token.revoked_at is not None
-        or token.expires_at <= now
-        or token.last_used_at + settings.TOKEN_IDLE_TIMEOUT <= now
-        or not token.user.is_active
-        or token.created_at < token.user.credentials_changed_at
-    ):
-        raise NotAuthenticated("The token is invalid or has expired.", code="invalid_token")
-    return token.user, token
+    cached = token_cache.get(digest)
+    if cached is token_cache.REVOKED:
+        raise _invalid()
+    if cached is not None:
+        if not cached.usable(now):
+            raise _invalid()
+        return cached
+    token = AuthToken.objects.using(db_routing.PRIMARY).filter(digest=digest).first()
+    if token is None or token.revoked_at is not None:
+        raise _invalid()
+    facts = TokenFacts(
+        token_id=token.pk,
+        user_id=token.user_id,
+        created_at=token.created_at,
+        expires_at=token.expires_at,
+        last_used_at=token.last_used_at,
+    )
+    if not facts.usable(now):
+        raise _invalid()
+    token_cache.add(digest, facts)
+    return facts
+
+
+def token_user(*, facts: TokenFacts, raw: str) -> tuple[User, AuthToken]:
+    """The active user behind looked-up token facts, and an AuthToken handle for the request.
+
+    The user row is read through the router (a replica when one is healthy and the user has
+    not written recently); a replica that does not have the user yet falls back to the
+    primary. Tokens older than the user's last credential change are refused.
+    """
+    user = User.objects.select_related("organization").filter(pk=facts.user_id).first()
+    if user is None:
+        user = (
+            User.objects.using(db_routing.PRIMARY)
+            .select_related("organization")
+            .filter(pk=facts.user_id)
+            .first()
+        )
+    if user is None or not user.is_active or facts.created_at < user.credentials_changed_at:
+        raise _invalid()
+    token = AuthToken(
+        pk=facts.token_id,
+        digest=token_digest(raw),
+        user_id=user.pk,
+        created_at=facts.created_at,
+        expires_at=facts.expires_at,
+        last_used_at=facts.last_used_at,
+    )
+    # Mark it as a row of the primary before attaching the user: assigning a related object
+    # to an instance without a database asks the router for a *write* alias, which would
+    # pin this read-only request to the primary.
+    token._state.db = db_routing.PRIMARY
+    token._state.adding = False
+    token.user = user
+    return user, token
+
+
+def token_resolve(*, raw: str) -> tuple[User, AuthToken]:
+    """The user behind a raw bearer token, or NotAuthenticated."""
+    return token_user(facts=token_lookup(raw=raw), raw=raw)
 
 
 def token_idle_expiry(*, token: AuthToken):

@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts import token_cache
 from accounts.models import (
     AuthToken,
     Organization,
@@ -186,19 +187,33 @@ def token_touch(*, token: AuthToken) -> None:
         return
     AuthToken.objects.using(db_routing.PRIMARY).filter(pk=token.pk).update(last_used_at=now)
     token.last_used_at = now
+    from accounts.selectors import TokenFacts
+
+    token_cache.replace(
+        token.digest,
+        TokenFacts(
+            token_id=token.pk,
+            user_id=token.user_id,
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            last_used_at=now,
+        ),
+    )
 
 
 def token_revoke(*, token: AuthToken) -> None:
-    """Logout: this token stops working at once."""
+    """Logout: this token stops working at once, on every node."""
+    # The tombstone goes in first, so no node can re-cache the token while we commit.
+    token_cache.forget([token.digest])
     AuthToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     _on_credentials_revoked(user_id=token.user_id)
 
 
 def user_tokens_revoke_all(*, user: User) -> int:
     """Revoke every token of a user (password change, deactivation)."""
-    revoked = AuthToken.objects.filter(user=user, revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    )
+    live = AuthToken.objects.filter(user=user, revoked_at__isnull=True)
+    token_cache.forget(list(live.values_list("digest", flat=True)))
+    revoked = live.update(revoked_at=timezone.now())
     _on_credentials_revoked(user_id=user.pk)
     return revoked
 

@@ -296,6 +296,11 @@ TOKEN_IDLE_TIMEOUT = timedelta(seconds=_positive_int("TOKEN_IDLE_TIMEOUT_SECONDS
 TOKEN_ABSOLUTE_LIFETIME = timedelta(
     seconds=_positive_int("TOKEN_ABSOLUTE_LIFETIME_SECONDS", 12 * 60 * 60)
 )
+# Token look-ups are cached this long in the shared cache (0 turns the cache off); a
+# revoked token is tombstoned there at once (docs/adr/0002-api-tokens.md).
+TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=60)
+if TOKEN_CACHE_SECONDS < 0:
+    raise ImproperlyConfigured("TOKEN_CACHE_SECONDS must be 0 or more.")
 # last_used_at is written at most this often per token, so reads stay reads.
 TOKEN_TOUCH_INTERVAL = timedelta(seconds=_positive_int("TOKEN_TOUCH_INTERVAL_SECONDS", 60))
 

@@ -21,6 +21,8 @@ from typing import TypeVar
 from django.core.cache import cache
 from django.db import transaction
 
+from medease import db as db_routing
+
 logger = logging.getLogger("consultations.cache")
 
 T = TypeVar("T")
@@ -76,7 +78,10 @@ def cached(*, scopes: list[str], key: str, timeout: int, build: Callable[[], T])
         return build()
     if hit is not None:
         return hit
-    value = build()
+    # Fill from the primary: a replica may not have replayed the write that just bumped
+    # the version, and a stale fill would be served for the entry's whole lifetime.
+    with db_routing.use_primary():
+        value = build()
     try:
         cache.set(full_key, value, timeout=timeout)
     except Exception as exc:

@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 from accounts import services as account_services
 from accounts.models import Role
 from medease import db as db_routing
+from medease.cache import breaker as cache_breaker
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -58,10 +59,13 @@ def _clear_cache(alias: str) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_state():
+    # A test that points a cache at a dead Redis must not leave the breaker open.
+    cache_breaker.reset()
     for alias in settings.CACHES:
         _clear_cache(alias)
     db_routing._replica_skip_until.clear()
     yield
+    cache_breaker.reset()
 
 
 @pytest.fixture

@@ -45,6 +45,9 @@ def worker(primary, replica, scale_db, session_redis, scale_root):
 @pytest.fixture(scope="module")
 def publisher(session_redis):
     app = Celery("scale-tests-publisher", broker=session_redis.url(1))
+    # Celery prefers a CELERY_BROKER_URL environment variable (CI sets one) over broker=;
+    # broker_write_url in the app's own config wins over it for publishing.
+    app.conf.broker_write_url = session_redis.url(1)
     yield app
     app.pool.force_close_all()
 

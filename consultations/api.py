@@ -286,26 +286,12 @@ class ConsultationDetailApi(ClinicApiView):
         consultation = selectors.consultation_get_for_user(
             user=request.user, consultation_id=consultation_id
         )
-        audit_log(
-            request=request,
-            action=AuditAction.READ,
-            object_type="consultation",
-            object_ids=[consultation.pk],
-            patient_id=consultation.patient_id,
-            organization_id=consultation.organization_id,
-        )
+        audit_consultations(request=request, action=AuditAction.READ, consultations=[consultation])
         return self.consultation_body(consultation)
 
 
 def _audit_update(request, consultation) -> None:
-    audit_log(
-        request=request,
-        action=AuditAction.UPDATE,
-        object_type="consultation",
-        object_ids=[consultation.pk],
-        patient_id=consultation.patient_id,
-        organization_id=consultation.organization_id,
-    )
+    audit_consultations(request=request, action=AuditAction.UPDATE, consultations=[consultation])
 
 
 class ConsultationTransitionApi(ClinicApiView):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
+import zoneinfo
 
 from django.conf import settings
+from django.utils import timezone
 
 from medease import context
 from medease.exceptions import error_response
@@ -51,4 +53,27 @@ class ApiBodySizeMiddleware:
                     "too_large",
                     f"Request body is larger than {settings.API_MAX_BODY_BYTES} bytes.",
                 )
+        return self.get_response(request)
+
+
+class ConsoleTimezoneMiddleware:
+    """Shows the staff console in the signed-in user's own time zone.
+
+    Only under /admin/: the API always answers in UTC with offsets, and clients convert.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = getattr(request, "user", None)
+        if request.path.startswith("/admin/") and user is not None and user.is_authenticated:
+            try:
+                timezone.activate(zoneinfo.ZoneInfo(user.timezone))
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                timezone.deactivate()
+            try:
+                return self.get_response(request)
+            finally:
+                timezone.deactivate()
         return self.get_response(request)

@@ -89,3 +89,22 @@ def test_staff_add_a_provider_to_their_clinic(staff_browser, organization):
 
 def test_staff_cannot_see_tokens(staff_browser):
     assert staff_browser.get("/admin/accounts/authtoken/").status_code == 403
+
+
+def test_the_console_shows_times_in_the_staff_members_time_zone(client, staff):
+    import zoneinfo
+
+    from django.utils import dateformat, formats, timezone
+
+    staff.timezone = "Asia/Tokyo"
+    staff.save(update_fields=["timezone"])
+    client.force_login(staff)
+    page = client.get(f"/admin/accounts/user/{staff.pk}/change/").content.decode()
+
+    def rendered(zone: str) -> str:
+        local = timezone.localtime(staff.date_joined, timezone=zoneinfo.ZoneInfo(zone))
+        return dateformat.format(local, formats.get_format("DATETIME_FORMAT"))
+
+    # date_joined is shown read-only: in Tokyo time (UTC+9, no DST), not in UTC.
+    assert rendered("Asia/Tokyo") in page
+    assert rendered("UTC") not in page

@@ -66,9 +66,8 @@ def test_a_working_redis_closes_the_circuit():
     assert server not in breaker._open_until
 
 
+@pytest.mark.redis
 def test_the_caches_use_the_breaker_when_redis_is_configured():
-    if "redis" not in django_settings.CACHES["default"]["BACKEND"].lower():
-        pytest.skip("embedded default: local-memory caches")
     for alias in ("default", "ratelimit"):
         options = django_settings.CACHES[alias]["OPTIONS"]
         assert options["REDIS_CLIENT_CLASS"] == "medease.cache.CircuitBreakerRedis"

@@ -521,10 +521,18 @@ class DashboardApi(ClinicApiView):
     def _patient(user, tz) -> dict:
         upcoming = selectors.dashboard_upcoming_for_patient(patient=user)
         queue = selectors.dashboard_queue_for_patient(patient=user)
+        # One estimator per provider queued with (two queries each; a patient waits in few).
+        estimators = {
+            entry.provider_id: selectors.queue_wait_estimator(provider=entry.provider)
+            for entry in queue
+        }
         return {
             "role": "patient",
             "upcoming": _serialize_consultations(upcoming, clinician=False),
-            "queue": QueueEntryOutput(queue, many=True).data,
+            "queue": [
+                QueueEntryOutput(entry, context={"estimate": estimators[entry.provider_id]}).data
+                for entry in queue
+            ],
         }
 
     @staticmethod

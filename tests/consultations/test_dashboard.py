@@ -36,6 +36,21 @@ def test_patient_dashboard_upcoming_and_queue(
     assert all(c["unread_count"] == 0 for c in body["upcoming"])
     assert body["unread_total"] == 0
     assert [(q["provider"], q["position"]) for q in body["queue"]] == [(provider.pk, 1)]
+    # First in line with the provider free: no wait.
+    assert body["queue"][0]["estimated_wait_minutes"] == 0
+
+
+def test_patient_dashboard_estimates_the_wait_in_the_queue(
+    token_client, patient, provider, make_user
+):
+    ahead = make_user(Role.PATIENT)
+    services.queue_join(patient=ahead, provider=provider)
+    services.queue_join(patient=patient, provider=provider)
+    body = token_client(patient).get("/api/v1/dashboard").json()
+    (entry,) = body["queue"]
+    assert entry["position"] == 2
+    # One consultation ahead, no history: the provider's consultation length (30 min).
+    assert entry["estimated_wait_minutes"] == provider.provider_profile.consultation_minutes
 
 
 def test_provider_dashboard_uses_the_providers_day(token_client, make_user, organization, patient):

@@ -9,6 +9,7 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from accounts import services
 from accounts.models import AuthToken, Organization, PatientProfile, ProviderProfile, Role, User
 from medease.admin import OrganizationScopedAdmin
+from medease.audit import AuditAction, audit_log
 
 
 @admin.register(Organization)
@@ -119,6 +120,21 @@ class UserAdmin(OrganizationScopedAdmin, DjangoUserAdmin):
             # Staff manage their clinic's providers and staff; never administrators.
             kwargs["choices"] = [(Role.PROVIDER, "Provider"), (Role.STAFF, "Staff")]
         return super().formfield_for_choice_field(db_field, request, **kwargs)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        # A patient's profile is PHI: the console's views and edits of it are audited.
+        user = self.get_object(request, object_id)
+        if user is not None and user.role == Role.PATIENT and response.status_code in (200, 302):
+            audit_log(
+                request=request,
+                action=AuditAction.UPDATE if request.method == "POST" else AuditAction.READ,
+                object_type="patient_profile",
+                object_ids=[user.pk],
+                patient_id=user.pk,
+                organization_id=request.user.organization_id,
+            )
+        return response
 
     def save_model(self, request, obj, form, change):
         if not request.user.is_superuser:

@@ -18,6 +18,7 @@ from accounts.serializers import (
     UserOutput,
 )
 from medease import ratelimit
+from medease.audit import AuditAction, audit_log
 from medease.exceptions import NotAuthenticated
 
 
@@ -107,6 +108,15 @@ class MeApi(APIView):
 
     @extend_schema(responses={200: UserOutput})
     def get(self, request):
+        if request.user.is_patient:
+            # A patient's own profile is PHI too; the audit trail covers every reader.
+            audit_log(
+                request=request,
+                action=AuditAction.READ,
+                object_type="patient_profile",
+                object_ids=[request.user.pk],
+                patient_id=request.user.pk,
+            )
         return Response(UserOutput(request.user).data)
 
     @extend_schema(request=MeUpdateInput, responses={200: UserOutput})

@@ -108,3 +108,15 @@ def test_the_console_shows_times_in_the_staff_members_time_zone(client, staff):
     # date_joined is shown read-only: in Tokyo time (UTC+9, no DST), not in UTC.
     assert rendered("Asia/Tokyo") in page
     assert rendered("UTC") not in page
+
+
+def test_staff_viewing_a_patient_in_the_console_is_audited(client, staff, patient):
+    from medease.models import AuditEvent
+
+    staff.role = "admin"  # superusers see every user, patients included
+    staff.is_superuser = True
+    staff.save()
+    client.force_login(staff)
+    assert client.get(f"/admin/accounts/user/{patient.pk}/change/").status_code == 200
+    event = AuditEvent.objects.get(object_type="patient_profile")
+    assert (event.user_id, event.patient_id, event.action) == (staff.pk, patient.pk, "read")

@@ -225,3 +225,12 @@ def test_deactivated_user_token_stops_working(api, login, patient):
     services.user_deactivate(user=patient)
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     assert api.get("/api/v1/me").status_code == 401
+
+
+def test_a_patient_reading_their_profile_is_audited(auth_client, patient, provider):
+    from medease.models import AuditEvent
+
+    auth_client(patient).get("/api/v1/me")
+    auth_client(provider).get("/api/v1/me")  # a provider's profile is not PHI
+    events = list(AuditEvent.objects.values_list("user_id", "object_type", "patient_id"))
+    assert events == [(patient.pk, "patient_profile", patient.pk)]

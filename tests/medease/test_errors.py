@@ -123,7 +123,7 @@ def test_bad_cursor_is_400(client):
 
 
 @pytest.mark.urls("tests.medease.test_errors")
-def test_cursor_pagination_shape_and_max_limit(client, make_user):
+def test_cursor_pagination_shape(client, make_user):
     for _ in range(3):
         make_user()
     first = client.get("/api/v1/test/users?limit=2").json()
@@ -134,4 +134,21 @@ def test_cursor_pagination_shape_and_max_limit(client, make_user):
     assert len(second["results"]) == 1 and second["next"] is None
     ids = [u["id"] for u in first["results"] + second["results"]]
     assert len(set(ids)) == 3
-    assert len(client.get("/api/v1/test/users?limit=1000").json()["results"]) == 3
+
+
+@pytest.mark.urls("tests.medease.test_errors")
+def test_limit_above_the_cap_is_clamped_to_100(client):
+    # More rows than the cap, so a missing or raised cap would return all of them.
+    total = 105
+    User.objects.bulk_create(
+        User(email=f"bulk{n}@example.test", full_name=f"Bulk {n}", password="!")
+        for n in range(total)
+    )
+    first = client.get("/api/v1/test/users?limit=1000").json()
+    assert len(first["results"]) == 100
+    assert first["next"] is not None
+    second = client.get(first["next"]).json()
+    assert len(second["results"]) == total - 100 and second["next"] is None
+    ids = {u["id"] for u in first["results"] + second["results"]}
+    assert len(ids) == total
+    assert len(client.get("/api/v1/test/users").json()["results"]) == 20

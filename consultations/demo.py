@@ -1,19 +1,20 @@
-"""Demo data of the clinic core, added to ``manage.py seed_demo`` (see medease/demo.py).
+"""Demo data of the clinic core for ``manage.py seed_demo`` (see medease/seeding.py).
 
-Every demo provider works 08:00-18:00 every day of the week (so a demo on any day has open
+Acts only on the demo accounts that accounts/demo.py provides, never on other providers of
+the demo clinic (a provider added in the console keeps the hours it was given). Every demo
+provider works 08:00-18:00 every day of the week (so a demo on any day has open
 slots for the next weeks), and each has a few past consultations with demo patients, which
 also gives the walk-in wait estimate some history. Safe to run again: nothing is duplicated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from django.utils import timezone
 
-from accounts.models import Organization, Role, User
+from accounts.models import User
 from consultations import conf, services
 from consultations.models import (
     Availability,
@@ -23,6 +24,7 @@ from consultations.models import (
     Slot,
 )
 from consultations.slotting import Window
+from medease.seeding import SeedContext
 
 DEMO_HOURS = (time(8), time(18))
 MIN_DEMO_DAYS = 14
@@ -30,7 +32,7 @@ MIN_DEMO_DAYS = 14
 PAST = [(1, 10, 18), (2, 11, 25), (3, 14, 32), (4, 9, None)]
 
 
-def _past_consultations(*, provider: User, patients: list[User], progress) -> int:
+def _past_consultations(*, provider: User, patients: list[User], context: SeedContext) -> int:
     """Historic rows written directly: the lifecycle services refuse to act in the past."""
     tz = ZoneInfo(provider.timezone)
     today = timezone.now().astimezone(tz).date()
@@ -67,30 +69,29 @@ def _past_consultations(*, provider: User, patients: list[User], progress) -> in
                 provider_notes="Demo visit.",
             )
         created += 1
+    context.created += created
+    context.existing += len(PAST) - created
     if created:
-        progress(f"created {created} past consultations for {provider.email}")
+        context.progress(f"created {created} past consultations for {provider.email}")
     return created
 
 
-def seed_demo(*, organization: Organization, progress: Callable[[str], None]) -> None:
-    """Availability, slots and a few past consultations for the demo clinic (idempotent)."""
-    from medease.demo import DEMO_DOMAIN
-
+def seed_demo(*, context: SeedContext) -> None:
+    """Availability, slots and a few past consultations for the demo providers (idempotent)."""
     days = max(conf.slots_horizon_days(), MIN_DEMO_DAYS)
-    patients = list(
-        User.objects.filter(role=Role.PATIENT, email__endswith=f"@{DEMO_DOMAIN}").order_by("id")
-    )
+    patients = context.require("patients")
     providers = User.objects.filter(
-        role=Role.PROVIDER, organization=organization, is_active=True
+        pk__in=[provider.pk for provider in context.require("providers")]
     ).select_related("provider_profile")
-    for provider in providers:
+    for provider in providers.order_by("pk"):
         if not Availability.objects.filter(provider=provider).exists():
             services.availability_replace(
                 provider=provider, windows=[Window(day, *DEMO_HOURS) for day in range(7)]
             )
-            progress(f"gave {provider.email} availability 08:00-18:00 every day")
+            context.created += 1
+            context.progress(f"gave {provider.email} availability 08:00-18:00 every day")
         result = services.slots_materialize(provider=provider, days=days)
         if result.created:
-            progress(f"materialized {result.created} slots for {provider.email}")
+            context.progress(f"materialized {result.created} slots for {provider.email}")
         if patients:
-            _past_consultations(provider=provider, patients=patients, progress=progress)
+            _past_consultations(provider=provider, patients=patients, context=context)

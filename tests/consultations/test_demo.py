@@ -10,7 +10,8 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from accounts.models import Role, User
+from accounts import services as account_services
+from accounts.models import Organization, Role, User
 from consultations.models import Availability, Consultation, ConsultationStatus, Slot
 from consultations.selectors import slots_open
 
@@ -51,3 +52,41 @@ def test_seeding_twice_duplicates_nothing():
         Consultation.objects.count(),
         Availability.objects.count(),
     ) == counts
+
+
+def test_seeding_leaves_the_clinics_other_accounts_alone():
+    """Issue 10 #14: a provider added in the console got weekly hours and invented visits."""
+    call_command("seed_demo", stdout=StringIO())
+    demo_org = Organization.objects.get(slug="demo")
+    other_org = account_services.organization_create(name="Real Clinic", slug="real")
+    outsiders = [
+        account_services.user_create(
+            email=email,
+            password="a-long-enough-password",
+            full_name="Outsider",
+            role=Role.PROVIDER,
+            organization=organization,
+        )
+        for email, organization in [
+            ("console-provider@clinic.test", demo_org),
+            ("other-provider@clinic.test", other_org),
+        ]
+    ]
+    # Signed up with an address in the demo domain, but not one of the demo patients.
+    lookalike = account_services.user_create(
+        email="someone@demo.medease.test",
+        password="a-long-enough-password",
+        full_name="Look Alike",
+    )
+
+    out = StringIO()
+    call_command("seed_demo", stdout=out)
+
+    for provider in outsiders:
+        assert not Availability.objects.filter(provider=provider).exists(), provider.email
+        assert not Slot.objects.filter(provider=provider).exists(), provider.email
+        assert not Consultation.objects.filter(provider=provider).exists(), provider.email
+        assert provider.email not in out.getvalue()
+    assert not Consultation.objects.filter(patient=lookalike).exists()
+    demo_provider = User.objects.get(email="provider1@demo.medease.test")
+    assert Availability.objects.filter(provider=demo_provider).exists()

@@ -7,8 +7,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from accounts.demo import DEMO_PASSWORD
 from accounts.models import Organization, Role, User
-from medease.demo import DEMO_PASSWORD
 
 pytestmark = pytest.mark.django_db
 

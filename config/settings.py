@@ -245,12 +245,6 @@ if REDIS_URL:
             "OPTIONS": {**_redis_options, "IGNORE_EXCEPTIONS": False},
         },
     }
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "medease:asgi"},
-        }
-    }
 else:
     if REQUIRE_SERVICES:
         raise ImproperlyConfigured(
@@ -264,7 +258,6 @@ else:
             "LOCATION": "ratelimit",
         },
     }
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 RATELIMIT_USE_CACHE = "ratelimit"
 RATELIMIT_ENABLE = env.bool("RATELIMIT_ENABLE", default=True)
@@ -538,7 +531,7 @@ MESSAGING_FANOUT_TIMEOUT_SECONDS = _positive_float("MESSAGING_FANOUT_TIMEOUT_SEC
 # The channel layer may live on its own Redis (CHANNEL_LAYER_REDIS_URL, default REDIS_URL).
 # CHANNEL_LAYER_BACKEND picks channels_redis' list-based layer ("core") or its pub/sub
 # layer ("pubsub"); docs/adr/0005-chat-transport.md has the figures behind the default.
-CHANNEL_LAYER_REDIS_URL = env.str("CHANNEL_LAYER_REDIS_URL", default=REDIS_URL)
+CHANNEL_LAYER_REDIS_URL = env.str("CHANNEL_LAYER_REDIS_URL", default="") or REDIS_URL
 CHANNEL_LAYER_BACKEND = env.str("CHANNEL_LAYER_BACKEND", default="core")
 # Pending messages one channel may hold (core layer); all sockets of a process share one
 # Redis list, so this bounds a burst per process, not per socket (channels_redis drops
@@ -581,3 +574,6 @@ if CHANNEL_LAYER_REDIS_URL:
                 },
             }
         }
+else:
+    # Embedded mode (no Redis): one process, so an in-memory layer is enough.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import FieldDoesNotExist, ValidationError
+from django.db import connections
 from rest_framework import pagination
 
 from medease.exceptions import InvalidInput
@@ -32,12 +34,39 @@ class CursorPagination(pagination.CursorPagination):
             raise InvalidInput("limit must be at least 1.", fields={"limit": ["Must be ≥ 1."]})
         return min(value, self.max_page_size)
 
+    def paginate_queryset(self, queryset, request, view=None):
+        self._queryset = queryset
+        return super().paginate_queryset(queryset, request, view=view)
+
     def decode_cursor(self, request):
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
+            if cursor is not None and cursor.position is not None:
+                self._check_position(cursor.position)
         except Exception as exc:  # DRF answers 404 for a bad cursor; it is bad input.
             if request.query_params.get(self.cursor_query_param) is None:
                 raise
             raise InvalidInput(
                 "The cursor is invalid.", fields={"cursor": ["Invalid cursor."]}
             ) from exc
+        return cursor
+
+    def _check_position(self, position: str) -> None:
+        """A cursor's position is client input: it must be a value of the ordering field.
+
+        DRF filters on it as is, so "abc", "" or "1e999" for an integer id would fail in
+        the query (a 500), and an id beyond bigint would reach the database.
+        """
+        queryset = getattr(self, "_queryset", None)
+        if queryset is None or not hasattr(queryset, "model"):
+            return
+        name = self.ordering[0].lstrip("-")
+        try:
+            field = queryset.model._meta.get_field(name)
+        except FieldDoesNotExist:
+            return  # an annotation: leave it to the database
+        if position == "":
+            raise ValidationError("empty position")
+        value = field.to_python(position)
+        field.run_validators(value)  # integer fields carry the database's range
+        field.get_db_prep_value(value, connection=connections[queryset.db], prepared=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,10 +45,50 @@ def test_tasks_acknowledge_late_and_have_time_limits():
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
 
 
-def test_the_visibility_timeout_outlasts_every_countdown():
+def test_the_app_uses_the_configured_broker():
+    options = app.conf.broker_transport_options
     if settings.CELERY_BROKER_URL:
-        timeout = app.conf.broker_transport_options["visibility_timeout"]
+        assert app.conf.broker_url == settings.CELERY_BROKER_URL
+        timeout = options["visibility_timeout"]
+        assert timeout == settings.CELERY_BROKER_VISIBILITY_TIMEOUT
         assert timeout > settings.CELERY_MAX_COUNTDOWN_SECONDS
+    else:
+        assert app.conf.broker_url == "filesystem://"
+        assert options["data_folder_in"] == str(settings.VAR_DIR / "celery" / "queue")
+
+
+def _celery_conf(**env: str) -> dict:
+    base = {k: v for k, v in os.environ.items() if k != "MEDEASE_REQUIRE_SERVICES"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, django; django.setup(); from config.celery import app; "
+            "print(json.dumps({'url': app.conf.broker_url, "
+            "'options': app.conf.broker_transport_options}))",
+        ],
+        cwd=ROOT,
+        env={**base, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_redis_broker_redelivers_only_after_every_countdown():
+    # Whatever broker this run uses: the Redis options are checked in a process of their own.
+    # Reading the configuration does not connect, so the host need not exist.
+    conf = _celery_conf(
+        CELERY_BROKER_URL="redis://broker.invalid:6379/0",
+        CELERY_BROKER_VISIBILITY_TIMEOUT="900",
+        CELERY_MAX_COUNTDOWN_SECONDS="300",
+        CELERY_BROKER_KEY_PREFIX="clinic-a:",
+    )
+    assert conf["url"] == "redis://broker.invalid:6379/0"
+    assert conf["options"]["visibility_timeout"] == 900
+    assert conf["options"]["global_keyprefix"] == "clinic-a:"
 
 
 def test_beat_schedule_has_the_outbox_jobs_and_keeps_the_others():

@@ -13,6 +13,8 @@ from accounts.models import Role
 
 pytestmark = pytest.mark.django_db
 
+DEEP = "[" * 50_000
+
 
 def assert_error(response, status: int, code: str | None = None) -> dict:
     assert response.status_code == status, response.content[:500]
@@ -35,6 +37,29 @@ def token_client():
         return client
 
     return make
+
+
+# --- Deeply nested JSON ----------------------------------------------------------------
+
+
+def test_deeply_nested_json_to_login_is_400(api):
+    response = api.post("/api/v1/auth/login", data=DEEP, content_type="application/json")
+    assert_error(response, 400, "malformed_request")
+
+
+@pytest.mark.parametrize("body", [DEEP, "{" + '"a":{' * 30_000, "[" * 100 + "]" * 100])
+def test_deeply_nested_json_to_an_authenticated_endpoint_is_400(token_client, patient, body):
+    response = token_client(patient).post(
+        "/api/v1/consultations", data=body, content_type="application/json"
+    )
+    assert_error(response, 400, "malformed_request")
+
+
+def test_nesting_within_reason_still_parses(api):
+    # The guard is against exhausting the stack, not against ordinary nesting.
+    body = '{"email": "x@example.test", "password": ' + "[" * 50 + "]" * 50 + "}"
+    response = api.post("/api/v1/auth/login", data=body, content_type="application/json")
+    assert_error(response, 400, "invalid")
 
 
 # --- Tampered pagination cursors -------------------------------------------------------

@@ -261,8 +261,18 @@ else:
 
 RATELIMIT_USE_CACHE = "ratelimit"
 RATELIMIT_ENABLE = env.bool("RATELIMIT_ENABLE", default=True)
-# Behind a load balancer set this to the header it writes (e.g. HTTP_X_REAL_IP).
-RATELIMIT_IP_META_KEY = env.str("RATELIMIT_IP_META_KEY", default="") or None
+# Proxies whose X-Forwarded-For is believed (comma list of IPs or CIDRs). Empty trusts
+# none, not even loopback; the client is the right-most untrusted hop (medease.ratelimit).
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+for _proxy in TRUSTED_PROXIES:
+    import ipaddress  # only this setting needs it
+
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or network (e.g. 10.0.0.0/8)."
+        ) from _exc
 RATE_LIMITS = {
     # name: (rate, fail_open when the cache is unreachable)
     "login_account": (env.str("RATE_LOGIN_ACCOUNT", default="10/15m"), False),

@@ -8,6 +8,8 @@ cannot be reached a fail-open limit lets the request through and a fail-closed o
 from __future__ import annotations
 
 import contextlib
+import functools
+import ipaddress
 import logging
 from collections.abc import Callable
 
@@ -23,13 +25,46 @@ KeyFunc = Callable[[str, object], str]
 _UNAVAILABLE = "This action is temporarily unavailable (rate limiting is down). Try again shortly."
 
 
+@functools.lru_cache(maxsize=8)
+def _networks(proxies: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _trusted(address: str, networks: tuple) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
 def client_ip(request) -> str:
-    """The client address rate limits and audit events use."""
-    meta_key = settings.RATELIMIT_IP_META_KEY
-    if meta_key and request.META.get(meta_key):
-        # X-Forwarded-For style headers may carry a list; the first hop is the client.
-        return request.META[meta_key].split(",")[0].strip()
-    return request.META.get("REMOTE_ADDR") or "unknown"
+    """The client address: the one function rate limits, audit rows and sockets use.
+
+    ``X-Forwarded-For`` is believed only when the direct peer is in TRUSTED_PROXIES; then
+    the client is the right-most hop that is not itself a trusted proxy (hops to its left
+    were written by the client and prove nothing).
+    """
+    peer = request.META.get("REMOTE_ADDR") or "unknown"
+    networks = _networks(tuple(settings.TRUSTED_PROXIES))
+    if not networks or not _trusted(peer, networks):
+        return peer
+    hops = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    hops = [hop for hop in hops if hop]
+    for hop in reversed(hops):
+        if not _trusted(hop, networks):
+            # A malformed hop where a proxy should have written an address: trust nothing.
+            return hop if _is_ip(hop) else peer
+    # Every hop is a trusted proxy (an internal client): the left-most one is closest to it.
+    return hops[0] if hops else peer
 
 
 def _usage(request, *, name: str, key: KeyFunc, increment: bool):

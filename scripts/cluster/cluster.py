@@ -265,8 +265,9 @@ def cluster_env() -> dict[str, str]:
         MESSAGING_WS_ALLOWED_ORIGINS=f"http://127.0.0.1:{PORT},http://localhost:{PORT}",
         SITE_URL=f"http://127.0.0.1:{PORT}",
         SECURE_SSL_REDIRECT="0",
-        # nginx writes the client's address here; rate limits and audit use it.
-        RATELIMIT_IP_META_KEY="HTTP_X_REAL_IP",
+        # The web nodes sit behind nginx on loopback: believe its X-Forwarded-For, so rate
+        # limits and audit rows see the real client (medease.ratelimit.client_ip).
+        TRUSTED_PROXIES="127.0.0.1",
         LOG_FORMAT="text",
     )
     return env
@@ -399,9 +400,9 @@ def up(args: argparse.Namespace) -> None:
                 "--lifespan",
                 "off",
                 "--no-access-log",
-                "--proxy-headers",
-                "--forwarded-allow-ips",
-                "127.0.0.1",
+                # TRUSTED_PROXIES decides who the client is, in one place; uvicorn must not
+                # rewrite the peer address first (it trusts loopback by default).
+                "--no-proxy-headers",
             ],
             {**env, "PGAPPNAME": f"medease-web{index}"},
         )

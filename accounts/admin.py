@@ -7,9 +7,13 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 
 from accounts import services
+from accounts.forms import ConsoleLoginForm
 from accounts.models import AuthToken, Organization, PatientProfile, ProviderProfile, Role, User
 from medease.admin import OrganizationScopedAdmin
 from medease.audit import AuditAction, audit_log
+
+# The console's login counts failed passwords with the API login's limits.
+admin.site.login_form = ConsoleLoginForm
 
 
 @admin.register(Organization)

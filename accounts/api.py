@@ -8,7 +8,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import selectors, services
+from accounts import limits, selectors, services
 from accounts.serializers import (
     LoginInput,
     LoginOutput,
@@ -20,10 +20,6 @@ from accounts.serializers import (
 from medease import ratelimit
 from medease.audit import AuditAction, audit_log
 from medease.exceptions import NotAuthenticated
-
-
-def _login_account_key(group: str, request) -> str:
-    return services.normalize_email(str(request.data.get("email", "")))
 
 
 class RegisterApi(APIView):
@@ -56,19 +52,18 @@ class LoginApi(APIView):
     def post(self, request):
         data = LoginInput(data=request.data)
         data.is_valid(raise_exception=True)
-        # Only failures count, per IP and per account; a locked-out account answers 429
-        # before the password is even checked.
-        ratelimit.check(request, name="login_ip", key=ratelimit.by_ip)
-        ratelimit.check(request, name="login_account", key=_login_account_key)
+        email = data.validated_data["email"]
+        # Only failures count, per IP and per account (shared with the console); a
+        # locked-out account answers 429 before the password is even checked.
+        limits.password_attempt_check(request, email=email)
         try:
             raw, token = services.auth_login(
-                email=data.validated_data["email"],
+                email=email,
                 password=data.validated_data["password"],
                 user_agent=request.headers.get("User-Agent", ""),
             )
         except NotAuthenticated:
-            ratelimit.count(request, name="login_ip", key=ratelimit.by_ip)
-            ratelimit.count(request, name="login_account", key=_login_account_key)
+            limits.password_attempt_failed(request, email=email)
             raise
         body = {
             "token": raw,

@@ -142,12 +142,10 @@ def test_the_counter_is_shared_across_processes(api, patient):
         import django
         django.setup()
         from django.test import RequestFactory
-        from medease import ratelimit
-        from accounts.api import _login_account_key
+        from accounts import limits
         request = RequestFactory().post("/api/v1/auth/login")
-        request.data = {{"email": {patient.email!r}}}
         for _ in range(3):
-            ratelimit.count(request, name="login_account", key=_login_account_key)
+            limits.password_attempt_failed(request, email={patient.email!r})
         """
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}

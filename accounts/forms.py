@@ -1,0 +1,42 @@
+"""Forms of the staff console that check passwords."""
+
+from __future__ import annotations
+
+import math
+
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.core.exceptions import ValidationError
+
+from accounts import limits
+from medease.exceptions import RateLimited, ServiceUnavailable
+
+
+class ConsoleLoginForm(AdminAuthenticationForm):
+    """The console's login, under the API login's failed-password limits (same counters)."""
+
+    def clean(self):
+        email = self.cleaned_data.get("username")
+        if email is None or not self.cleaned_data.get("password"):
+            return super().clean()
+        try:
+            # Before the password: while locked, the right password is refused too.
+            limits.password_attempt_check(self.request, email=email)
+        except RateLimited as exc:
+            minutes = math.ceil(exc.retry_after / 60)
+            raise ValidationError(
+                "Too many failed sign-in attempts for this account or from this address. "
+                "Try again in %(minutes)d minute(s).",
+                code="rate_limited",
+                params={"minutes": minutes},
+            ) from exc
+        except ServiceUnavailable as exc:
+            raise ValidationError(
+                "Signing in is temporarily unavailable. Try again shortly.", code="unavailable"
+            ) from exc
+        try:
+            return super().clean()
+        except ValidationError:
+            # Only a wrong password counts; a right one of a non-staff account does not.
+            if self.user_cache is None:
+                limits.password_attempt_failed(self.request, email=email)
+            raise

@@ -19,7 +19,7 @@ from accounts.serializers import (
 )
 from medease import ratelimit
 from medease.audit import AuditAction, audit_log
-from medease.exceptions import NotAuthenticated
+from medease.exceptions import InvalidInput, NotAuthenticated
 
 
 class RegisterApi(APIView):
@@ -90,11 +90,18 @@ class PasswordChangeApi(APIView):
     def post(self, request):
         data = PasswordChangeInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.user_change_password(
-            user=request.user,
-            old_password=data.validated_data["old_password"],
-            new_password=data.validated_data["new_password"],
-        )
+        # Guessing the current password here is guessing a login: same counters.
+        limits.password_attempt_check(request, email=request.user.email)
+        try:
+            services.user_change_password(
+                user=request.user,
+                old_password=data.validated_data["old_password"],
+                new_password=data.validated_data["new_password"],
+            )
+        except InvalidInput as exc:
+            if exc.code == services.WRONG_PASSWORD:
+                limits.password_attempt_failed(request, email=request.user.email)
+            raise
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

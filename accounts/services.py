@@ -31,6 +31,10 @@ def token_digest(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+# The error code of a wrong current password (counted like a failed login).
+WRONG_PASSWORD = "wrong_password"  # noqa: S105 - an error code, not a secret
+
+
 def normalize_email(email: str) -> str:
     return email.strip().lower()
 
@@ -223,6 +227,7 @@ def user_change_password(*, user: User, old_password: str, new_password: str) ->
     if not user.check_password(old_password):
         raise InvalidInput(
             "The current password is incorrect.",
+            code=WRONG_PASSWORD,
             fields={"old_password": ["The current password is incorrect."]},
         )
     _check_password(new_password, user=user, field="new_password")

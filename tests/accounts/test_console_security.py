@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 from django.test import Client
+from rest_framework.test import APIClient
 
 from accounts.models import Role
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
+
+NEW_PASSWORD = "a-new-long-passphrase-42"
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +103,42 @@ def test_a_patients_right_password_on_the_console_is_not_counted(patient, settin
         content_type="application/json",
     )
     assert response.status_code == 200
+
+
+# --- auth/password: guessing the current password ----------------------------------------
+
+
+def change_password(client, old: str, new: str = NEW_PASSWORD):
+    return client.post(
+        "/api/v1/auth/password", {"old_password": old, "new_password": new}, format="json"
+    )
+
+
+def test_guessing_the_current_password_is_limited(auth_client, patient):
+    client = auth_client(patient)
+    for _ in range(10):
+        assert change_password(client, "wrong").status_code == 400
+    response = change_password(client, PASSWORD)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert int(response["Retry-After"]) in range(1, 15 * 60 + 1)
+    patient.refresh_from_db()
+    assert patient.check_password(PASSWORD)
+
+
+def test_password_change_guesses_count_toward_the_login_lockout(api, auth_client, patient):
+    client = auth_client(patient)
+    for _ in range(10):
+        change_password(client, "wrong")
+    assert api_login(api, patient.email, PASSWORD, ip="10.9.9.9").status_code == 429
+
+
+def test_a_right_password_change_is_not_counted(auth_client, patient, settings):
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "login_account": ("1/15m", False)}
+    assert change_password(auth_client(patient), PASSWORD).status_code == 204
+    # Signed out by the change; sign in with the new password and change it back.
+    api = APIClient()
+    response = api_login(api, patient.email, NEW_PASSWORD)
+    assert response.status_code == 200
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['token']}")
+    assert change_password(api, NEW_PASSWORD, PASSWORD).status_code == 204

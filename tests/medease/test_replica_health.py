@@ -1,4 +1,4 @@
-"""Replica health and the routing rules around it (medease/db.py), without a real replica:
+"""Replica health and the routing rules around it (medease/db/), without a real replica:
 the monitor's lag arithmetic, when a replica is in rotation, the retry on the primary, and
 which writes and paths pin a request. A real replica is exercised in tests/scale/."""
 
@@ -14,6 +14,8 @@ from django.test import RequestFactory
 from accounts.models import User
 from medease import context
 from medease import db as db_routing
+from medease.db import router as router_module
+from medease.db import state as state_module
 from medease.models import AuditEvent
 
 router = db_routing.PrimaryReplicaRouter()
@@ -44,8 +46,8 @@ def remote_replica(settings, monkeypatch):
     statuses: dict[str, db_routing.ReplicaStatus] = {}
     monkeypatch.setattr(db_routing.monitor, "ensure_running", lambda: None)
     monkeypatch.setattr(db_routing.monitor, "_status", statuses)
-    monkeypatch.setattr(db_routing, "_connectable", lambda alias: True)
-    monkeypatch.setattr(db_routing, "_holds_connection", lambda alias: False)
+    monkeypatch.setattr(router_module, "_connectable", lambda alias: True)
+    monkeypatch.setattr(router_module, "_holds_connection", lambda alias: False)
 
     def set_status(*, reachable: bool = True, lag: float | None = 0.0, age: float = 0.0):
         statuses["replica1"] = db_routing.ReplicaStatus(
@@ -140,7 +142,7 @@ def test_a_replica_that_refuses_connections_sends_the_read_to_the_primary(
     remote_replica, request_state, monkeypatch
 ):
     remote_replica(lag=0.0)
-    monkeypatch.setattr(db_routing, "_connectable", lambda alias: False)
+    monkeypatch.setattr(router_module, "_connectable", lambda alias: False)
     assert router.db_for_read(User) == "default"
 
 
@@ -186,7 +188,7 @@ def test_an_unreadable_write_marker_reads_the_primary(remote_replica, request_st
         def set(self, *args, **kwargs):
             raise ConnectionError("redis down")
 
-    monkeypatch.setattr(db_routing, "caches", {db_routing._MARKER_CACHE: Down()})
+    monkeypatch.setattr(state_module, "caches", {db_routing._MARKER_CACHE: Down()})
     db_routing.remember_recent_write(7)  # logged, not raised
     db_routing.pin_if_user_wrote_recently(7)
     assert request_state.use_primary

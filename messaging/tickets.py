@@ -9,15 +9,24 @@ cache) for MESSAGING_TICKET_TTL_SECONDS under its SHA-256 digest, and taken exac
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 
 from django.conf import settings
 from django.core.cache import caches
+from redis.exceptions import RedisError
+
+from medease.exceptions import ServiceUnavailable
+
+logger = logging.getLogger("medease.messaging")
 
 # The cache alias whose errors surface (the default one hides them): handing out a ticket
 # that was never stored would only fail later, at connect, with a misleading 4401.
 _CACHE_ALIAS = "ratelimit"
 _KEY = "wsticket:{digest}"
+# Redis down or timing out (the circuit breaker fails fast with a ConnectionError).
+_STORE_ERRORS = (RedisError, OSError)
+_UNAVAILABLE = "Websocket tickets are unavailable for a moment. Try again shortly."
 
 
 def _key(raw: str) -> str:
@@ -27,16 +36,21 @@ def _key(raw: str) -> str:
 def ticket_store(*, user_id: int, token_id: int | None) -> str:
     """Create and store a ticket; the raw value is returned once."""
     raw = secrets.token_urlsafe(32)
-    caches[_CACHE_ALIAS].set(
-        _key(raw),
-        {"user_id": user_id, "token_id": token_id},
-        timeout=settings.MESSAGING_TICKET_TTL_SECONDS,
-    )
+    try:
+        caches[_CACHE_ALIAS].set(
+            _key(raw),
+            {"user_id": user_id, "token_id": token_id},
+            timeout=settings.MESSAGING_TICKET_TTL_SECONDS,
+        )
+    except _STORE_ERRORS as exc:  # the client retries (503 + Retry-After), not a 500
+        logger.warning("websocket ticket not stored, cache unavailable: %r", exc)
+        raise ServiceUnavailable(_UNAVAILABLE) from exc
     return raw
 
 
 def ticket_take(*, raw: str) -> dict | None:
-    """The ticket's binding if it exists, removing it; None when unknown, used or expired.
+    """The ticket's binding if it exists, removing it; None when unknown, used or expired
+    (ServiceUnavailable when the store is down).
 
     Take-once without a race: two connects with the same ticket may both read it, but
     ``delete`` reports whether it removed the key (Redis DEL's count, locmem's lock), and
@@ -46,7 +60,10 @@ def ticket_take(*, raw: str) -> dict | None:
         return None
     cache = caches[_CACHE_ALIAS]
     key = _key(raw)
-    binding = cache.get(key)
-    if binding is None or not cache.delete(key):
-        return None
+    try:
+        binding = cache.get(key)
+        if binding is None or not cache.delete(key):
+            return None
+    except _STORE_ERRORS as exc:
+        raise ServiceUnavailable(_UNAVAILABLE) from exc
     return binding

@@ -122,6 +122,11 @@ def _flatten_fields(detail) -> dict:
     return fields
 
 
+def field_errors(detail) -> dict:
+    """A serializer's ``errors`` as the contract's ``fields`` (also for websocket events)."""
+    return _flatten_fields(detail)
+
+
 _DRF_CODES = {
     drf_exceptions.ParseError: (400, "malformed_request"),
     drf_exceptions.AuthenticationFailed: (401, "not_authenticated"),

@@ -10,7 +10,7 @@ from rest_framework.exceptions import ParseError
 MAX_DEPTH = 64
 
 
-def _too_deep(data, limit: int) -> bool:
+def nested_deeper_than(data, limit: int) -> bool:
     """True when containers nest deeper than ``limit`` (iterative: no recursion)."""
     stack = [(data, 1)]
     while stack:
@@ -35,6 +35,6 @@ class JSONParser(parsers.JSONParser):
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise ParseError(f"JSON nested deeper than {MAX_DEPTH} levels.") from None
-        if _too_deep(data, MAX_DEPTH):
+        if nested_deeper_than(data, MAX_DEPTH):
             raise ParseError(f"JSON nested deeper than {MAX_DEPTH} levels.")
         return data

@@ -40,10 +40,12 @@ from medease.exceptions import (
     InvalidInput,
     NotFound,
     RateLimited,
+    field_errors,
 )
+from medease.parsers import MAX_DEPTH, nested_deeper_than
 from messaging import events, permissions, presence, selectors, services
 from messaging.scope import ScopeRequest
-from messaging.serializers import MAX_ID, message_payload
+from messaging.serializers import MAX_ID, MessageSendInput, message_payload
 
 logger = logging.getLogger("medease.messaging")
 
@@ -348,8 +350,10 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             )
         try:
             event = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting exhausts the decoder's stack
             return await self._error("invalid", "Frames must be JSON objects.")
+        if nested_deeper_than(event, MAX_DEPTH):
+            return await self._error("invalid", f"JSON nested deeper than {MAX_DEPTH} levels.")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return await self._error("invalid", 'Frames must be JSON objects with a "type".')
         handler = {
@@ -365,7 +369,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             # Authorization is re-checked on every event: access is gone, so is the socket.
             await self.close(code=CLOSE_FORBIDDEN)
         except ApplicationError as exc:
-            await self._error(exc.code, exc.message)
+            await self._error(exc.code, exc.message, fields=exc.fields or None)
         except Exception:
             logger.exception("chat event %s failed", event["type"])
             await self._error("server_error", "The event could not be processed.")
@@ -384,8 +388,23 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
 
     async def _on_send(self, event: dict) -> None:
         client_id = event.get("client_id")
+        # The REST send's input rules (types, lengths, no lone surrogates), so a body REST
+        # refuses with a 400 is an "invalid" event here, not a database encoding error.
+        data = MessageSendInput(data={"body": event.get("body"), "client_id": client_id})
+        if not data.is_valid():
+            return await self._error(
+                "invalid",
+                "Some fields are invalid.",
+                fields=field_errors(data.errors),
+                client_id=client_id,
+            )
         try:
-            payload = await _send(self.request, self.consultation_id, event.get("body"), client_id)
+            payload = await _send(
+                self.request,
+                self.consultation_id,
+                data.validated_data["body"],
+                data.validated_data["client_id"],
+            )
         except NotFound:
             raise
         except RateLimited as exc:
@@ -393,7 +412,9 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
                 exc.code, exc.message, retry_after=exc.retry_after, client_id=client_id
             )
         except ApplicationError as exc:
-            return await self._error(exc.code, exc.message, client_id=client_id)
+            return await self._error(
+                exc.code, exc.message, fields=exc.fields or None, client_id=client_id
+            )
         # The acknowledgement: the stored message, sent straight back (also for a repeated
         # client_id, and when the channel layer is down); the fan-out copy is dropped.
         await self._deliver(payload, acknowledgement=True)

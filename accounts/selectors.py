@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts import token_cache
 from accounts.models import AuthToken, Role, User
-from accounts.services import token_digest
+from accounts.tokens import TokenFacts, token_digest
 from medease import db as db_routing
 from medease.exceptions import NotAuthenticated
-
-
-@dataclass(frozen=True)
-class TokenFacts:
-    """What authentication needs to know about a token, cacheable without the user row."""
-
-    token_id: int
-    user_id: int
-    created_at: datetime
-    expires_at: datetime
-    last_used_at: datetime
-
-    def usable(self, now: datetime) -> bool:
-        return self.expires_at > now and self.last_used_at + settings.TOKEN_IDLE_TIMEOUT > now
 
 
 def _invalid() -> NotAuthenticated:
@@ -38,8 +21,8 @@ def token_lookup(*, raw: str) -> TokenFacts:
     """The facts of a live token, from the shared cache or else the primary.
 
     The primary, never a replica: a token issued or revoked a moment ago must be seen as
-    such. Revocation writes a tombstone into the cache (services.token_cache_forget), and a
-    fill only *adds*, so a lookup racing with a logout cannot bring a revoked token back.
+    such. Revocation writes a tombstone that no fill or refresh can overwrite (see
+    accounts.token_cache), so a lookup racing with a logout cannot bring a revoked token back.
     With the cache down every lookup reads the primary.
     """
     digest = token_digest(raw)

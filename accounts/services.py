@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 from django.conf import settings
@@ -22,14 +21,9 @@ from accounts.models import (
     User,
     validate_timezone,
 )
+from accounts.tokens import TokenFacts, token_digest
 from medease import db as db_routing
 from medease.exceptions import Conflict, InvalidInput, NotAuthenticated
-
-
-def token_digest(raw: str) -> str:
-    """Tokens carry 256 bits of randomness, so a fast hash is enough to store them safely."""
-    return hashlib.sha256(raw.encode()).hexdigest()
-
 
 # The error code of a wrong current password (counted like a failed login).
 WRONG_PASSWORD = "wrong_password"  # noqa: S105 - an error code, not a secret
@@ -191,8 +185,6 @@ def token_touch(*, token: AuthToken) -> None:
         return
     AuthToken.objects.using(db_routing.PRIMARY).filter(pk=token.pk).update(last_used_at=now)
     token.last_used_at = now
-    from accounts.selectors import TokenFacts
-
     token_cache.replace(
         token.digest,
         TokenFacts(

@@ -1,9 +1,11 @@
 """A short-lived cache of token facts in the shared cache (Redis in production).
 
 It spares the primary one query per authenticated request. Entries live
-TOKEN_CACHE_SECONDS; revocation replaces an entry with a tombstone for as long, and fills
-use add() so that a tombstone always wins (see docs/adr/0002-api-tokens.md). Every call
-degrades to "no entry" when the cache is unreachable.
+TOKEN_CACHE_SECONDS. Revocation writes a tombstone under a key of its own, which fills and
+refreshes never write: whatever they store and whenever they store it, a tombstone wins
+(see docs/adr/0002-api-tokens.md). The tombstone outlives any entry written by a request
+that was already in flight when the token was revoked. Every call degrades to "no entry"
+when the cache is unreachable.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from django.core.cache import cache
 logger = logging.getLogger("accounts.tokens")
 
 REVOKED = "revoked"
-_MISSING = object()
 
 
 def _key(digest: str) -> str:
     return f"tok:{digest}"
+
+
+def _tombstone_key(digest: str) -> str:
+    return f"tok-revoked:{digest}"
 
 
 def _enabled() -> bool:
@@ -32,17 +37,18 @@ def get(digest: str):
     if not _enabled():
         return None
     try:
-        value = cache.get(_key(digest), _MISSING)
+        # One round trip for both keys; the tombstone is looked at first.
+        values = cache.get_many([_tombstone_key(digest), _key(digest)])
     except Exception as exc:  # a backend without IGNORE_EXCEPTIONS
         logger.warning("token cache unavailable: %s", exc)
         return None
-    if value is _MISSING or value is None:
-        return None
-    return REVOKED if value == REVOKED else value
+    if values.get(_tombstone_key(digest)) is not None:
+        return REVOKED
+    return values.get(_key(digest))
 
 
 def add(digest: str, facts) -> None:
-    """Fill an empty entry (never over a tombstone)."""
+    """Fill an empty entry after a read of the primary."""
     if not _enabled():
         return
     try:
@@ -52,8 +58,8 @@ def add(digest: str, facts) -> None:
 
 
 def replace(digest: str, facts) -> None:
-    """Refresh a live entry (after last_used_at moved), unless it was revoked meanwhile."""
-    if not _enabled() or get(digest) is REVOKED:
+    """Refresh an entry (after last_used_at moved); a tombstone still wins over it."""
+    if not _enabled():
         return
     try:
         cache.set(_key(digest), facts, timeout=settings.TOKEN_CACHE_SECONDS)
@@ -66,9 +72,13 @@ def forget(digests: list[str]) -> None:
     if not _enabled() or not digests:
         return
     try:
+        # Twice the entry lifetime: an entry written by a request in flight at revocation
+        # expires before its tombstone does.
         cache.set_many(
-            {_key(digest): REVOKED for digest in digests}, timeout=settings.TOKEN_CACHE_SECONDS
+            {_tombstone_key(digest): REVOKED for digest in digests},
+            timeout=2 * settings.TOKEN_CACHE_SECONDS,
         )
+        cache.delete_many([_key(digest) for digest in digests])
     except Exception as exc:
         # The primary already says revoked; entries expire within TOKEN_CACHE_SECONDS.
         logger.error("token cache tombstones not written: %s", exc)

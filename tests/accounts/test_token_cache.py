@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts import selectors, services, token_cache
-from accounts.services import token_digest
+from accounts.tokens import token_digest
 
 pytestmark = pytest.mark.django_db
 
@@ -43,6 +43,59 @@ def test_a_lookup_racing_with_logout_cannot_recache_the_token(api, login, patien
     token_cache.add(token_digest(token), stale)  # ...and cached after it: add() loses
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     assert api.get("/api/v1/me").status_code == 401
+
+
+class RevokeBeforeWrite:
+    """The cache, except that a revocation lands just before the first write of an entry:
+    between a refresh's (or a fill's) read and its write."""
+
+    def __init__(self, cache, revoke) -> None:
+        self._cache = cache
+        self._revoke = revoke
+
+    def _race(self, key: str) -> None:
+        if self._revoke is not None and key.startswith("tok:"):
+            revoke, self._revoke = self._revoke, None
+            revoke()
+
+    def set(self, key, *args, **kwargs):
+        self._race(key)
+        return self._cache.set(key, *args, **kwargs)
+
+    def add(self, key, *args, **kwargs):
+        self._race(key)
+        return self._cache.add(key, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+
+@pytest.mark.redis
+def test_a_refresh_racing_with_logout_cannot_overwrite_the_tombstone(
+    api, login, patient, settings, monkeypatch
+):
+    raw = login(patient)
+    facts = selectors.token_lookup(raw=raw)
+    _user, token = selectors.token_user(facts=facts, raw=raw)
+    race = RevokeBeforeWrite(token_cache.cache, lambda: services.token_revoke(token=token))
+    monkeypatch.setattr(token_cache, "cache", race)
+    token_cache.replace(token_digest(raw), facts)  # what token_touch writes
+    assert race._revoke is None  # the revocation did land between read and write
+    assert token_cache.get(token_digest(raw)) is token_cache.REVOKED
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert api.get("/api/v1/me").status_code == 401
+
+
+def test_a_fill_racing_with_logout_cannot_overwrite_the_tombstone(api, login, patient, monkeypatch):
+    raw = login(patient)
+    facts = selectors.token_lookup(raw=raw)
+    token_cache.cache.delete(token_cache._key(token_digest(raw)))  # cold: the next one fills
+    _user, token = selectors.token_user(facts=facts, raw=raw)
+    race = RevokeBeforeWrite(token_cache.cache, lambda: services.token_revoke(token=token))
+    monkeypatch.setattr(token_cache, "cache", race)
+    selectors.token_lookup(raw=raw)  # read the primary (live), revoked, then fill
+    assert race._revoke is None
+    assert token_cache.get(token_digest(raw)) is token_cache.REVOKED
 
 
 def test_password_change_tombstones_every_token_of_the_user(api, login, patient):

@@ -21,16 +21,17 @@ from django.utils import timezone
 from accounts import admin as accounts_admin
 from accounts.models import Organization, Role, User
 from consultations import selectors, services
-from consultations.audit import AuditAction, audit_consultations
+from consultations.audit import AuditAction, audit_consultations, audit_log
 from consultations.models import (
     Availability,
     AvailabilityException,
     Consultation,
+    MedicalRecordEntry,
     QueueEntry,
     QueueStatus,
 )
 from consultations.slotting import Window
-from medease.admin import OrganizationScopedAdmin
+from medease.admin import VisibleToAdmin
 from medease.exceptions import ApplicationError
 
 
@@ -170,7 +171,7 @@ class ProviderFilter(admin.SimpleListFilter):
 
 
 @admin.register(Consultation)
-class ConsultationAdmin(OrganizationScopedAdmin):
+class ConsultationAdmin(VisibleToAdmin):
     list_display = [
         "id",
         "scheduled_start",
@@ -293,7 +294,8 @@ class ConsultationAdmin(OrganizationScopedAdmin):
                 .order_by("full_name")
             )
             day_consultations = list(
-                Consultation.objects.filter(
+                Consultation.objects.visible_to(request.user)
+                .filter(
                     organization=organization, scheduled_start__gte=start, scheduled_start__lt=end
                 )
                 .select_related("patient")
@@ -301,6 +303,7 @@ class ConsultationAdmin(OrganizationScopedAdmin):
             )
             waiting = list(
                 selectors.queue_entries_with_position()
+                .visible_to(request.user)
                 .filter(organization=organization, status=QueueStatus.WAITING)
                 .select_related("patient")
                 .order_by("joined_at", "id")
@@ -335,7 +338,7 @@ class ConsultationAdmin(OrganizationScopedAdmin):
 
 
 @admin.register(QueueEntry)
-class QueueEntryAdmin(OrganizationScopedAdmin):
+class QueueEntryAdmin(VisibleToAdmin):
     """Read-only view of walk-in queues (patients join and leave through the API)."""
 
     list_display = ["id", "provider", "patient", "status", "joined_at", "called_at"]
@@ -352,3 +355,40 @@ class QueueEntryAdmin(OrganizationScopedAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(MedicalRecordEntry)
+class MedicalRecordEntryAdmin(VisibleToAdmin):
+    """Read-only view of record entries: the clinic's staff read the entries written in their
+    clinic for patients it treats (``MedicalRecordEntry.objects.visible_to``)."""
+
+    list_display = ["id", "created_at", "patient", "kind", "author"]
+    list_filter = ["kind"]
+    list_select_related = ["patient", "author"]
+    search_fields = ["patient__full_name", "patient__email"]
+    ordering = ["-id"]
+    fields = ["patient", "kind", "text", "author", "consultation", "supersedes", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False  # entries are written through the API (medical_record_add)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # append-only
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        entry = self.get_object(request, object_id)
+        if entry is not None and response.status_code == 200:
+            audit_log(
+                request=request,
+                action=AuditAction.READ,
+                object_type="medical_record_entry",
+                object_ids=[entry.pk],
+                patient_id=entry.patient_id,
+                organization_id=entry.organization_id,
+            )
+        return _render_in(_viewer_tz(request), response)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils.timezone import now
+
+from accounts.models import Role
+from consultations.lifecycle import ACTIVE_STATUSES, TREATING_STATUSES, ConsultationStatus
 
 
 class Weekday(models.IntegerChoices):
@@ -123,16 +126,49 @@ class Slot(models.Model):
         return f"Slot {self.pk} of provider {self.provider_id} at {self.start:%Y-%m-%d %H:%M}Z"
 
 
-class ConsultationStatus(models.TextChoices):
-    SCHEDULED = "scheduled", "Scheduled"
-    IN_PROGRESS = "in_progress", "In progress"
-    COMPLETED = "completed", "Completed"
-    CANCELLED = "cancelled", "Cancelled"
-    NO_SHOW = "no_show", "No-show"
+# --- Who may see what: one policy for the API, the websocket and the staff console ----------
 
 
-# Statuses in which a consultation occupies its provider's time (the exclusion constraint).
-ACTIVE_STATUSES = (ConsultationStatus.SCHEDULED, ConsultationStatus.IN_PROGRESS)
+def clinic_scope(user) -> tuple[str, int] | None:
+    """The (field, value) a consultation or queue entry must have for ``user`` to see it:
+    patients their own, providers theirs, clinic staff their clinic's. ``None``: no row (no
+    clinic role). Superusers see every row; ``visible_to`` handles them."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    role = user.role
+    if role == Role.PATIENT:
+        return ("patient_id", user.pk)
+    if role == Role.PROVIDER:
+        return ("provider_id", user.pk)
+    if role == Role.STAFF and user.organization_id:
+        return ("organization_id", user.organization_id)
+    return None
+
+
+class ClinicQuerySet(models.QuerySet):
+    """Rows with a patient, a provider and a clinic (consultations, queue entries)."""
+
+    def visible_to(self, user) -> ClinicQuerySet:
+        """The rows ``user`` may see (another user's row is 404 wherever it is asked for)."""
+        if getattr(user, "is_superuser", False):
+            return self.all()
+        scope = clinic_scope(user)
+        return self.filter(**{scope[0]: scope[1]}) if scope else self.none()
+
+
+class ClinicRowMixin:
+    def is_visible_to(self, user) -> bool:
+        """``visible_to`` for a row already loaded (no query)."""
+        if getattr(user, "is_superuser", False):
+            return True
+        scope = clinic_scope(user)
+        return scope is not None and getattr(self, scope[0]) == scope[1]
+
+
+class ConsultationQuerySet(ClinicQuerySet):
+    def treating(self, user) -> ConsultationQuerySet:
+        """The consultations that make ``user`` (or their clinic) treat the patient."""
+        return self.visible_to(user).filter(status__in=TREATING_STATUSES)
 
 
 class ConsultationKind(models.TextChoices):
@@ -140,11 +176,11 @@ class ConsultationKind(models.TextChoices):
     WALK_IN = "walk_in", "Walk-in"
 
 
-class Consultation(models.Model):
+class Consultation(ClinicRowMixin, models.Model):
     """A patient's consultation with a provider: a booked slot or a walk-in, and its lifecycle.
 
-    ``status`` is written only by ``consultations.services._transition`` (and set once, on
-    creation, by the booking and queue services).
+    ``status`` is written only by ``consultations.services.lifecycle`` following the table
+    in ``consultations.lifecycle`` (and set once, on creation, by booking and the queue).
     """
 
     patient = models.ForeignKey(
@@ -197,6 +233,8 @@ class Consultation(models.Model):
     # The client's Idempotency-Key for the booking request ("" when none was sent).
     idempotency_key = models.CharField(max_length=128, blank=True)
 
+    objects = ConsultationQuerySet.as_manager()
+
     class Meta:
         ordering = ["scheduled_start", "id"]
         constraints = [
@@ -240,7 +278,7 @@ class QueueStatus(models.TextChoices):
     EXPIRED = "expired", "Expired"
 
 
-class QueueEntry(models.Model):
+class QueueEntry(ClinicRowMixin, models.Model):
     """A patient waiting in a provider's walk-in queue; calling it starts a consultation."""
 
     provider = models.ForeignKey(
@@ -268,6 +306,8 @@ class QueueEntry(models.Model):
         related_name="queue_entry",
     )
 
+    objects = ClinicQuerySet.as_manager()
+
     class Meta:
         ordering = ["joined_at", "id"]
         verbose_name_plural = "queue entries"
@@ -292,6 +332,22 @@ class RecordKind(models.TextChoices):
     DIAGNOSIS = "diagnosis", "Diagnosis"
     PRESCRIPTION = "prescription", "Prescription"
     ALLERGY = "allergy", "Allergy"
+
+
+class MedicalRecordQuerySet(models.QuerySet):
+    def visible_to(self, user) -> MedicalRecordQuerySet:
+        """Entries ``user`` may read: the patient all of theirs; a treating provider and the
+        treating clinic's staff the entries written in their clinic."""
+        if getattr(user, "is_superuser", False):
+            return self.all()
+        if not getattr(user, "is_authenticated", False):
+            return self.none()
+        if user.role == Role.PATIENT:
+            return self.filter(patient_id=user.pk)
+        if user.role in (Role.PROVIDER, Role.STAFF) and user.organization_id:
+            treats = Consultation.objects.treating(user).filter(patient_id=OuterRef("patient_id"))
+            return self.filter(Exists(treats), organization_id=user.organization_id)
+        return self.none()
 
 
 class MedicalRecordEntry(models.Model):
@@ -324,6 +380,8 @@ class MedicalRecordEntry(models.Model):
         related_name="superseded_by",
     )
     created_at = models.DateTimeField(default=now, editable=False)
+
+    objects = MedicalRecordQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]

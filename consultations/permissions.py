@@ -1,8 +1,9 @@
 """Role rules of the clinic-core API that are not about one object.
 
-Object visibility (another user's object is 404) is decided by the selectors, and who may
-act on a consultation by ``services._authorize``; this module only says which roles may
-start an action at all (403 for the others).
+Object visibility (another user's object is 404) is the models' ``visible_to`` (used by the
+selectors, the websocket and the console), and which role may take which consultation action
+is the table in ``consultations.lifecycle``; this module only says which roles may start an
+action that has no object yet (403 for the others).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from consultations import api
+from consultations import api, lifecycle
 
 urlpatterns = [
     path("providers", api.ProvidersApi.as_view(), name="providers"),
@@ -28,13 +28,14 @@ urlpatterns = [
         api.ConsultationDetailApi.as_view(),
         name="consultation-detail",
     ),
+    # One route per action of the lifecycle table that has an endpoint.
     *[
         path(
-            f"consultations/<int:consultation_id>/{action}",
-            api.ConsultationTransitionApi.as_view(action=action),
-            name=f"consultation-{action}",
+            f"consultations/<int:consultation_id>/{segment}",
+            api.ConsultationTransitionApi.as_view(transition=transition),
+            name=f"consultation-{segment}",
         )
-        for action in ("cancel", "start", "complete", "no-show")
+        for segment, transition in lifecycle.API_TRANSITIONS.items()
     ],
     path(
         "consultations/<int:consultation_id>/reschedule",

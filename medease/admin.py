@@ -1,4 +1,5 @@
-"""Admin helpers (organization scoping for clinic staff) and the audit log's console page."""
+"""Admin helpers (scoping by organization or by the model's visibility policy) and the audit
+log's console page."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ class OrganizationScopedAdmin(admin.ModelAdmin):
         if request.user.is_superuser:
             return queryset
         return queryset.filter(**{self.organization_field: request.user.organization_id})
+
+
+class VisibleToAdmin(admin.ModelAdmin):
+    """The console shows the rows the model's own policy (``objects.visible_to(user)``) lets
+    the signed-in user see: the same rule as the API and the websocket. Superusers see all;
+    an object outside it answers like a missing one."""
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).visible_to(request.user)
 
 
 @admin.register(AuditEvent)

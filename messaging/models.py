@@ -23,8 +23,16 @@ from django.conf import settings
 from django.db import models
 from django.utils.timezone import now
 
+from consultations.models import Consultation
+
 MAX_BODY_LENGTH = 10_000
 MAX_CLIENT_ID_LENGTH = 64
+
+
+class MessageQuerySet(models.QuerySet):
+    def visible_to(self, user) -> MessageQuerySet:
+        """Messages of the consultations ``user`` may see (``Consultation.objects.visible_to``)."""
+        return self.filter(consultation_id__in=Consultation.objects.visible_to(user).values("pk"))
 
 
 class Message(models.Model):
@@ -52,6 +60,8 @@ class Message(models.Model):
     created_at = models.DateTimeField(default=now, editable=False)
     edited_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = MessageQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]

@@ -1,0 +1,146 @@
+"""Consultations: the caller's list, booking, one consultation, its transitions (one view,
+its actions from ``consultations.lifecycle``) and rescheduling."""
+
+from __future__ import annotations
+
+import re
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+
+from accounts.models import Role
+from consultations import selectors, services
+from consultations.api._base import ClinicApiView, is_clinician, paginator_for, valid
+from consultations.audit import AuditAction, audit_consultations, audit_log
+from consultations.lifecycle import Transition
+from consultations.permissions import require_patient
+from consultations.serializers import (
+    BookInput,
+    CancelInput,
+    CompleteInput,
+    ConsultationListInput,
+    ConsultationOutput,
+    RescheduleInput,
+)
+from medease import ratelimit
+from medease.exceptions import InvalidInput
+
+CONSULTATION_ORDERING = ("scheduled_start", "id")
+_IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+class ConsultationsApi(ClinicApiView):
+    """GET: the caller's consultations by scheduled start. POST: a patient books a slot."""
+
+    @extend_schema(
+        parameters=[ConsultationListInput], responses={200: ConsultationOutput(many=True)}
+    )
+    def get(self, request):
+        params = valid(ConsultationListInput, request.query_params)
+        queryset = selectors.consultations_for_user(user=request.user, status=params.get("status"))
+        paginator = paginator_for(CONSULTATION_ORDERING)
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        unread = selectors.unread_counts_for(
+            user=request.user, consultation_ids=[c.pk for c in page]
+        )
+        context = {"unread_counts": unread, "clinician": is_clinician(request.user)}
+        data = ConsultationOutput(page, many=True, context=context).data
+        audit_consultations(request=request, action=AuditAction.READ, consultations=page)
+        return paginator.get_paginated_response(data)
+
+    @extend_schema(
+        request=BookInput,
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+        responses={201: ConsultationOutput, 200: ConsultationOutput},
+    )
+    def post(self, request):
+        require_patient(request.user, action="book consultations")
+        key = request.headers.get("Idempotency-Key", "").strip()
+        if key and not _IDEMPOTENCY_KEY_RE.match(key):
+            raise InvalidInput(
+                "Idempotency-Key must be 1 to 128 printable ASCII characters.",
+                fields={"Idempotency-Key": ["Invalid."]},
+            )
+        data = valid(BookInput, request.data)
+        ratelimit.hit(request, name="booking_user", key=ratelimit.by_user)
+        consultation, created = services.consultation_book(
+            patient=request.user, slot_id=data["slot"], reason=data["reason"], idempotency_key=key
+        )
+        audit_log(
+            request=request,
+            action=AuditAction.CREATE if created else AuditAction.READ,
+            object_type="consultation",
+            object_ids=[consultation.pk],
+            patient_id=consultation.patient_id,
+            organization_id=consultation.organization_id,
+        )
+        # A replayed request answers 200 with the booking it made the first time.
+        return self.consultation_body(consultation, status_code=201 if created else 200)
+
+
+class ConsultationDetailApi(ClinicApiView):
+    """One consultation, with the caller's ``unread_count``."""
+
+    @extend_schema(responses={200: ConsultationOutput})
+    def get(self, request, consultation_id: int):
+        consultation = selectors.consultation_get_for_user(
+            user=request.user, consultation_id=consultation_id
+        )
+        audit_consultations(request=request, action=AuditAction.READ, consultations=[consultation])
+        return self.consultation_body(consultation)
+
+
+def _audit_update(request, consultation) -> None:
+    audit_consultations(request=request, action=AuditAction.UPDATE, consultations=[consultation])
+
+
+# Actions that record the caller's text read it from this input shape and key (by the
+# table's ``note_field``); the other actions take no body.
+_NOTE_INPUTS = {
+    "cancellation_reason": (CancelInput, "reason"),
+    "provider_notes": (CompleteInput, "provider_notes"),
+}
+
+
+class ConsultationTransitionApi(ClinicApiView):
+    """POST ``consultations/{id}/<path>`` for each action of the lifecycle table with an
+    endpoint (cancel, start, complete, no-show): 200 with the consultation, 409 if invalid."""
+
+    transition: Transition | None = None
+
+    @extend_schema(request=CompleteInput, responses={200: ConsultationOutput})
+    def post(self, request, consultation_id: int):
+        consultation = selectors.consultation_get_for_user(
+            user=request.user, consultation_id=consultation_id
+        )
+        note = None
+        if self.transition.note_field:
+            shape, key = _NOTE_INPUTS[self.transition.note_field]
+            note = valid(shape, request.data)[key]
+        services.consultation_transition(
+            consultation=consultation,
+            action=self.transition.action,
+            actor=request.user,
+            note=note,
+        )
+        _audit_update(request, consultation)
+        return self.consultation_body(consultation)
+
+
+class ConsultationRescheduleApi(ClinicApiView):
+    """POST ``{slot}``: cancel and re-book in one transaction → 201 with the new consultation."""
+
+    @extend_schema(request=RescheduleInput, responses={201: ConsultationOutput})
+    def post(self, request, consultation_id: int):
+        consultation = selectors.consultation_get_for_user(
+            user=request.user, consultation_id=consultation_id
+        )
+        data = valid(RescheduleInput, request.data)
+        if request.user.role == Role.PATIENT:
+            ratelimit.hit(request, name="booking_user", key=ratelimit.by_user)
+        new = services.consultation_reschedule(
+            consultation=consultation, actor=request.user, slot_id=data["slot"]
+        )
+        audit_consultations(
+            request=request, action=AuditAction.UPDATE, consultations=[consultation, new]
+        )
+        return self.consultation_body(new, status_code=201)

@@ -6,10 +6,11 @@ class ConsultationsConfig(AppConfig):
     verbose_name = "Consultations"
 
     def ready(self) -> None:
-        from consultations import signals  # noqa: F401 - cache invalidation receivers
-        from consultations.demo import seed_demo
-        from medease import demo
+        from consultations import (
+            notifications,
+            signals,  # noqa: F401 - cache invalidation receivers
+        )
 
-        # seed_demo gives the demo providers availability, slots and some history.
-        if seed_demo not in demo.extra_seeders:
-            demo.extra_seeders.append(seed_demo)
+        # Reminders and confirmations held back (quiet hours, retries) are skipped at
+        # delivery once their consultation was cancelled or moved.
+        notifications.register_relevance_checks()

@@ -9,8 +9,9 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from consultations import services
+from consultations import notifications, services
 from medease import db as db_routing
+from workers.base import medease_task
 
 _COMMON = {
     "queue": "maintenance",
@@ -47,3 +48,11 @@ def mark_no_shows() -> int:
     """Mark scheduled consultations that were never started as no-shows."""
     with db_routing.use_primary():
         return services.consultations_mark_overdue_no_shows()
+
+
+# The outbox's base task: late acknowledgement, primary reads, retry_backoff_max bounded by
+# the broker's visibility timeout, like the other notification jobs.
+@medease_task(name="consultations.send_reminders", queue="maintenance")
+def send_reminders() -> int:
+    """Write the 24 h and 1 h reminders that are due (each consultation and kind once)."""
+    return notifications.reminders_create_due()

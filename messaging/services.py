@@ -14,7 +14,15 @@ from django.utils import timezone
 from accounts.models import User
 from consultations.models import Consultation
 from medease.exceptions import Conflict, Forbidden, InvalidInput, NotFound
-from messaging import events, partitions, permissions, presence, selectors, tickets
+from messaging import (
+    events,
+    notifications,
+    partitions,
+    permissions,
+    presence,
+    selectors,
+    tickets,
+)
 from messaging.models import (
     MAX_BODY_LENGTH,
     MAX_CLIENT_ID_LENGTH,
@@ -23,7 +31,6 @@ from messaging.models import (
     ReadMarker,
 )
 from messaging.serializers import message_payload
-from workers import services as notifications
 
 logger = logging.getLogger("medease.messaging")
 

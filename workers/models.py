@@ -35,6 +35,14 @@ class NotificationStatus(models.TextChoices):
     SKIPPED = "skipped", "Skipped"
 
 
+class NotificationQuerySet(models.QuerySet):
+    def visible_to(self, user) -> NotificationQuerySet:
+        """The rows ``user`` may see: their own. Staff too (the admin is the console's view)."""
+        if user is None or not user.is_authenticated:
+            return self.none()
+        return self.filter(user=user)
+
+
 class Notification(models.Model):
     """One message to one user on one channel: an outbox row, delivered at most once per claim.
 
@@ -75,6 +83,8 @@ class Notification(models.Model):
     # When a delivery task was last enqueued (or is due to fire) for this row; the sweeper
     # enqueues again only rows whose task has not turned up for a while.
     nudged_at = models.DateTimeField(null=True, blank=True)
+
+    objects = NotificationQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]

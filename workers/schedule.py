@@ -16,8 +16,9 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": settings.NOTIFICATION_SWEEP_SECONDS,
         "options": {"queue": "maintenance", "expires": settings.NOTIFICATION_SWEEP_SECONDS},
     },
+    # Reminders are the clinic core's (consultations/tasks.py); the outbox delivers them.
     "notifications-send-reminders": {
-        "task": "workers.send_reminders",
+        "task": "consultations.send_reminders",
         "schedule": settings.NOTIFICATION_REMINDERS_SECONDS,
         "options": {"queue": "maintenance", "expires": settings.NOTIFICATION_REMINDERS_SECONDS},
     },

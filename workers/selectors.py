@@ -10,7 +10,7 @@ from workers.models import Notification, NotificationPreference
 def notifications_for_user(*, user) -> QuerySet[Notification]:
     """The user's own notifications, newest first (ids grow with creation time)."""
     return (
-        Notification.objects.filter(user=user)
+        Notification.objects.visible_to(user)
         .only("id", "kind", "channel", "status", "created_at", "sent_at")
         .order_by("-id")
     )

@@ -25,9 +25,3 @@ def deliver_notification(notification_id: int) -> str:
 def sweep_outbox() -> dict:
     """Recover rows stuck past their lease and re-enqueue due rows nobody is delivering."""
     return asdict(services.outbox_sweep())
-
-
-@medease_task(name="workers.send_reminders", queue="maintenance")
-def send_reminders() -> int:
-    """Write the 24 h and 1 h reminders that are due (each consultation and kind once)."""
-    return services.reminders_create_due()

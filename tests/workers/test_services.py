@@ -16,10 +16,12 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 
 from accounts.models import Role
+from consultations import notifications
 from consultations.models import ConsultationStatus
+from messaging import notifications as chat_notifications
 from tests.workers.conftest import celery_broker
 from tests.workers.smtp_sink import free_port
-from workers import services
+from workers import relevance, services
 from workers.models import Notification, NotificationKind, NotificationStatus
 from workers.services import DeliveryOutcome
 
@@ -36,7 +38,9 @@ def failed_total(kind: str) -> float:
 def book_event(consultation, kind=NotificationKind.BOOKING_CONFIRMED, **kwargs):
     """Record an event the way the clinic core does: inside its transaction."""
     with transaction.atomic():
-        return services.notify_consultation_event(consultation=consultation, kind=kind, **kwargs)
+        return notifications.notify_consultation_event(
+            consultation=consultation, kind=kind, **kwargs
+        )
 
 
 # --- Recording ----------------------------------------------------------------------------
@@ -64,7 +68,7 @@ def test_booking_confirmation_is_delivered_once_on_commit(
 def test_a_rolled_back_event_writes_and_sends_nothing(sink, patient, provider, make_consultation):
     consultation = make_consultation(patient, provider)
     with pytest.raises(RuntimeError), transaction.atomic():
-        services.notify_consultation_event(
+        notifications.notify_consultation_event(
             consultation=consultation, kind=NotificationKind.BOOKING_CONFIRMED
         )
         raise RuntimeError("the booking failed after the outbox row was written")
@@ -93,7 +97,7 @@ def test_a_duplicate_does_not_roll_back_the_callers_transaction(
     book_event(consultation)
     with transaction.atomic():
         assert (
-            services.notify_consultation_event(
+            notifications.notify_consultation_event(
                 consultation=consultation, kind=NotificationKind.BOOKING_CONFIRMED
             )
             == []
@@ -143,7 +147,7 @@ def test_reschedule_tells_the_other_party_with_the_old_and_new_time(
 
 def test_unknown_kind_is_a_programming_error(patient, provider, make_consultation):
     with pytest.raises(ValueError):
-        services.notify_consultation_event(
+        notifications.notify_consultation_event(
             consultation=make_consultation(patient, provider), kind="birthday"
         )
 
@@ -168,11 +172,11 @@ def test_queue_called_and_unread_messages(
         consultation=consultation,
     )
     with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
-        assert services.notify_queue_called(entry=entry) is not None
-        assert services.notify_queue_called(entry=entry) is None  # one per entry
-        first = services.notify_unread_messages(user=patient, consultation=consultation)
+        assert notifications.notify_queue_called(entry=entry) is not None
+        assert notifications.notify_queue_called(entry=entry) is None  # one per entry
+        first = chat_notifications.notify_unread_messages(user=patient, consultation=consultation)
         # More messages while the patient is still away: no second email in the window.
-        again = services.notify_unread_messages(user=patient, consultation=consultation)
+        again = chat_notifications.notify_unread_messages(user=patient, consultation=consultation)
     assert first is not None and again is None
     assert sorted(sink.subjects()) == [
         f"New messages from {provider.full_name}",
@@ -210,7 +214,7 @@ def test_every_kind_renders(paris_patient, ny_provider, make_consultation):
     from workers.channels import EmailChannel
 
     consultation = make_consultation(paris_patient, ny_provider)
-    payload = services._consultation_payload(consultation)
+    payload = notifications._consultation_payload(consultation)
     payload.update(
         {"from_name": "Dr. Ada Okafor", "called_at": payload["scheduled_start"], "actor_role": None}
     )
@@ -258,7 +262,7 @@ def test_concurrent_deliveries_of_one_row_send_one_email(
     sink, patient, provider, make_consultation
 ):
     with transaction.atomic():
-        [notification] = services.notify_consultation_event(
+        [notification] = notifications.notify_consultation_event(
             consultation=make_consultation(patient, provider),
             kind=NotificationKind.BOOKING_CONFIRMED,
         )
@@ -580,8 +584,8 @@ def test_reminders_are_written_when_due_and_once(patient, provider, make_consult
     in_23h = make_consultation(patient, provider, starts_in=timedelta(hours=23))
     in_50m = make_consultation(patient, provider, starts_in=timedelta(minutes=50))
     make_consultation(patient, provider, starts_in=timedelta(hours=30))  # not yet due
-    assert services.reminders_create_due() == 2
-    assert services.reminders_create_due() == 0  # the job ran twice: nothing new
+    assert notifications.reminders_create_due() == 2
+    assert notifications.reminders_create_due() == 0  # the job ran twice: nothing new
     assert set(reminders().values_list("consultation_id", "kind")) == {
         (in_23h.pk, NotificationKind.REMINDER_24H),
         (in_50m.pk, NotificationKind.REMINDER_1H),
@@ -595,7 +599,7 @@ def test_after_downtime_only_the_nearest_reminder_is_sent(patient, provider, mak
     # The worker was down for a day: the 24 h reminder was never written, and now the
     # consultation is 40 minutes away. One reminder (1 h), not two.
     consultation = make_consultation(patient, provider, starts_in=timedelta(minutes=40))
-    services.reminders_create_due()
+    notifications.reminders_create_due()
     assert list(reminders().values_list("consultation_id", "kind")) == [
         (consultation.pk, NotificationKind.REMINDER_1H)
     ]
@@ -612,7 +616,7 @@ def test_no_reminders_for_consultations_started_ended_or_cancelled(
     ):
         make_consultation(patient, provider, starts_in=timedelta(minutes=30), status=status)
     make_consultation(patient, provider, starts_in=-timedelta(minutes=5))  # start has passed
-    assert services.reminders_create_due() == 0
+    assert notifications.reminders_create_due() == 0
 
 
 def test_a_booking_made_inside_a_reminders_window_skips_that_reminder(
@@ -622,9 +626,9 @@ def test_a_booking_made_inside_a_reminders_window_skips_that_reminder(
     consultation = make_consultation(
         patient, provider, starts_in=timedelta(hours=3), created_at=timezone.now()
     )
-    assert services.reminders_create_due() == 0
+    assert notifications.reminders_create_due() == 0
     with time_machine.travel(timezone.now() + timedelta(hours=2, minutes=5)):
-        assert services.reminders_create_due() == 1
+        assert notifications.reminders_create_due() == 1
     assert reminders().get().kind == NotificationKind.REMINDER_1H
     assert reminders().get().consultation_id == consultation.pk
 
@@ -634,7 +638,7 @@ def test_a_reminder_is_not_delivered_for_a_consultation_cancelled_or_moved_meanw
 ):
     cancelled = make_consultation(patient, provider, starts_in=timedelta(minutes=50), minutes=5)
     moved = make_consultation(patient, provider, starts_in=timedelta(minutes=55), minutes=5)
-    services.reminders_create_due()
+    notifications.reminders_create_due()
     cancelled.status = ConsultationStatus.CANCELLED
     cancelled.save()
     moved.scheduled_start += timedelta(days=1)
@@ -648,11 +652,69 @@ def test_a_reminder_is_not_delivered_for_a_consultation_cancelled_or_moved_meanw
     assert sink.count() == 0
 
 
+def test_the_clinic_cores_relevance_check_is_what_skips_a_cancelled_reminder(
+    sink, patient, provider, make_consultation
+):
+    consultation = make_consultation(patient, provider, starts_in=timedelta(minutes=50))
+    notifications.reminders_create_due()
+    consultation.status = ConsultationStatus.CANCELLED
+    consultation.save()
+    reminder = reminders().get()
+    # The same reminder, written again under another key, for the run without the check.
+    spare = services.notification_record(
+        user=patient,
+        kind=reminder.kind,
+        dedupe_key="test:spare",
+        payload=reminder.payload,
+        consultation_id=consultation.pk,
+    )
+    assert notifications.still_relevant in relevance.checks_for(NotificationKind.REMINDER_1H)
+    outcome = services.notification_deliver(notification_id=reminder.pk)
+    assert outcome == DeliveryOutcome.SKIPPED
+    reminder.refresh_from_db()
+    assert reminder.last_error == "the consultation was cancelled"
+    # Without the registered check the outbox knows nothing of consultations: it sends.
+    relevance.unregister_relevance_check(
+        kinds=notifications.CHECKED_AT_DELIVERY, check=notifications.still_relevant
+    )
+    try:
+        assert services.notification_deliver(notification_id=spare.pk) == DeliveryOutcome.SENT
+    finally:
+        notifications.register_relevance_checks()
+    assert sink.count() == 1
+
+
+def test_a_registered_check_is_asked_for_its_kinds_only(sink, patient):
+    asked = []
+
+    def never(notification, now):
+        asked.append(notification.kind)
+        return "not wanted any more"
+
+    relevance.register_relevance_check(kinds=[NotificationKind.QUEUE_CALLED], check=never)
+    relevance.register_relevance_check(kinds=[NotificationKind.QUEUE_CALLED], check=never)
+    try:
+        [called, unread] = [
+            services.notification_record(
+                user=patient, kind=kind, dedupe_key=f"test:{kind}", payload={"from_name": "Dr"}
+            )
+            for kind in (NotificationKind.QUEUE_CALLED, NotificationKind.UNREAD_MESSAGES)
+        ]
+        assert services.notification_deliver(notification_id=called.pk) == (DeliveryOutcome.SKIPPED)
+        assert services.notification_deliver(notification_id=unread.pk) == DeliveryOutcome.SENT
+    finally:
+        relevance.unregister_relevance_check(kinds=[NotificationKind.QUEUE_CALLED], check=never)
+    assert asked == [NotificationKind.QUEUE_CALLED]  # registered twice, asked once
+    called.refresh_from_db()
+    assert (called.status, called.last_error) == (NotificationStatus.SKIPPED, "not wanted any more")
+    assert never not in relevance.checks_for(NotificationKind.QUEUE_CALLED)
+
+
 def test_a_reminder_that_would_arrive_after_the_start_is_skipped(
     sink, patient, provider, make_consultation
 ):
     consultation = make_consultation(patient, provider, starts_in=timedelta(minutes=50))
-    services.reminders_create_due()
+    notifications.reminders_create_due()
     reminder = reminders().get()
     with time_machine.travel(consultation.scheduled_start + timedelta(minutes=1)):
         outcome = services.notification_deliver(notification_id=reminder.pk)
@@ -663,10 +725,10 @@ def test_a_reminder_that_would_arrive_after_the_start_is_skipped(
 def test_reminders_catch_up_in_batches(settings, patient, provider, make_consultation):
     for minutes in range(10, 60, 10):
         make_consultation(patient, provider, starts_in=timedelta(minutes=minutes), minutes=5)
-    assert services.reminders_create_due(batch=2) == 2
-    assert services.reminders_create_due(batch=2) == 2
-    assert services.reminders_create_due(batch=2) == 1
-    assert services.reminders_create_due(batch=2) == 0
+    assert notifications.reminders_create_due(batch=2) == 2
+    assert notifications.reminders_create_due(batch=2) == 2
+    assert notifications.reminders_create_due(batch=2) == 1
+    assert notifications.reminders_create_due(batch=2) == 0
 
 
 @pytest.mark.postgres
@@ -690,7 +752,7 @@ def test_two_beats_running_reminders_at_once_write_each_reminder_once(
     def beat():
         try:
             barrier.wait()
-            written.append(services.reminders_create_due())
+            written.append(notifications.reminders_create_due())
         finally:
             connection.close()
 

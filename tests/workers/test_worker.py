@@ -29,10 +29,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import Role
+from consultations import notifications
 from consultations import services as consultation_services
 from consultations.models import Slot
 from tests.workers.conftest import celery_broker
-from workers import services
 from workers.models import Notification, NotificationKind, NotificationStatus
 
 pytestmark = [
@@ -212,7 +212,7 @@ def play_beat_until(broker, condition, *, timeout: float, period: float = 1.0) -
 def record_booking_confirmation(make_consultation, patient, provider) -> Notification:
     consultation = make_consultation(patient, provider)
     with transaction.atomic():
-        [notification] = services.notify_consultation_event(
+        [notification] = notifications.notify_consultation_event(
             consultation=consultation, kind=NotificationKind.BOOKING_CONFIRMED
         )
     return notification  # enqueued on commit, to the Redis broker
@@ -333,8 +333,8 @@ def test_booking_cancel_reschedule_and_reminder_each_send_one_email(
     # Due in 50 minutes, booked last week: the 1 h reminder. Beat sends the job twice (or
     # two beats run): one reminder.
     make_consultation(patient, provider, starts_in=timedelta(minutes=50))
-    broker["app"].send_task("workers.send_reminders", queue="maintenance")
-    broker["app"].send_task("workers.send_reminders", queue="maintenance")
+    broker["app"].send_task("consultations.send_reminders", queue="maintenance")
+    broker["app"].send_task("consultations.send_reminders", queue="maintenance")
     wait_for_emails(5)
     time.sleep(3)
 

@@ -11,12 +11,14 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
+from medease.middleware import BodyLengthMiddleware  # noqa: E402
 from messaging.middleware import ChatAuthMiddleware  # noqa: E402
 from messaging.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # A chunked body gets its Content-Length here, or a 413 (medease/middleware.py).
+        "http": BodyLengthMiddleware(django_asgi_app),
         # Authentication happens here, not in consumers: a single-use ticket from any
         # origin, or a session cookie only from allowed origins (messaging/middleware.py).
         "websocket": SessionMiddlewareStack(ChatAuthMiddleware(URLRouter(websocket_urlpatterns))),

@@ -1,7 +1,9 @@
-"""Request-level middleware: request ids and the API body-size limit."""
+"""Request-level middleware: request ids and the API body-size limit (Django), and the
+length of a chunked request body (ASGI)."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 import zoneinfo
@@ -10,7 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from medease import context
-from medease.exceptions import error_response
+from medease.exceptions import error_body, error_response
 
 # A client may pass its own id (e.g. from a load balancer) if it looks sane.
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
@@ -77,3 +79,80 @@ class ConsoleTimezoneMiddleware:
             finally:
                 timezone.deactivate()
         return self.get_response(request)
+
+
+class BodyLengthMiddleware:
+    """ASGI middleware: gives a request body sent without Content-Length (chunked) its
+    length, reading at most the body limit; over it, answers 413 without reading on.
+
+    Django's request, and DRF's parser, take a body without Content-Length for an empty
+    one ("field required"), and Django would buffer an unbounded chunked body first.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or any(
+            name.lower() == b"content-length" for name, _ in scope.get("headers", [])
+        ):
+            return await self.app(scope, receive, send)
+        limit = _body_limit(scope.get("path", ""))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away mid-body (what Django does too)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if limit is not None and size > limit:
+                return await _send_too_large(scope, send, limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        headers = [
+            (name, value)
+            for name, value in scope.get("headers", [])
+            if name.lower() != b"transfer-encoding"  # the app now sees a plain body
+        ]
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:  # then the connection's own events (a disconnect)
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app({**scope, "headers": headers}, replay, send)
+
+
+def _body_limit(path: str) -> int | None:
+    if path.startswith("/api/"):
+        return settings.API_MAX_BODY_BYTES
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE  # Django's own limit (None: no limit)
+
+
+async def _send_too_large(scope, send, limit: int) -> None:
+    if scope.get("path", "").startswith("/api/"):
+        content = json.dumps(
+            error_body("too_large", f"Request body is larger than {limit} bytes.")
+        ).encode()
+        content_type = b"application/json"
+    else:
+        content, content_type = b"Request body too large.", b"text/plain; charset=utf-8"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(content)).encode("ascii")),
+                (b"connection", b"close"),  # the rest of the body is never read
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})

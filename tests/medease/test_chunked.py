@@ -1,0 +1,162 @@
+"""Chunked request bodies (no Content-Length) through the real server: the Procfile's
+uvicorn serving config.asgi. Django's request sees a body without a length as empty, so
+the ASGI entry point must give it one, and refuse one over the limit with a 413."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+]
+
+BASE_DIR = Path(settings.BASE_DIR)
+START_TIMEOUT = 90  # two slow shared cores
+BODY_LIMIT = 8 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def web_command(port: int) -> list[str]:
+    """The Procfile's web command (what production runs), on 127.0.0.1:port."""
+    line = next(
+        line for line in (BASE_DIR / "Procfile").read_text().splitlines() if line.startswith("web:")
+    )
+    command = line.removeprefix("web:").strip()
+    command = re.sub(r"\$\{HOST:-[^}]*\}", "127.0.0.1", command)
+    command = re.sub(r"\$\{PORT:-[^}]*\}", str(port), command)
+    program, *args = shlex.split(command)
+    return [sys.executable, "-m", program, *args]
+
+
+def database_url() -> str:
+    params = connection.settings_dict
+    auth = params["USER"] or ""
+    if params.get("PASSWORD"):
+        auth += f":{params['PASSWORD']}"
+    host, port = params["HOST"] or "127.0.0.1", params["PORT"] or 5432
+    return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
+
+
+@pytest.fixture
+def server(transactional_db, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),  # the test database: the test sees what it writes
+        "REDIS_URL": settings.REDIS_URL,
+        "MEDEASE_REQUIRE_SERVICES": "1",
+        "MEDEASE_VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_REPLICA_URLS": "",
+        "DATABASE_POOL_MAX_SIZE": "2",
+        "API_MAX_BODY_BYTES": str(BODY_LIMIT),
+        "LOG_FORMAT": "text",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = tmp_path / "web.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(web_command(port), cwd=BASE_DIR, env=env, stdout=out, stderr=out)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/health/live", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not up in {START_TIMEOUT}s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield base, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def chunks(data: bytes, size: int = 100):
+    """A generator body: httpx sends it with Transfer-Encoding: chunked, no Content-Length."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def post_chunked(url: str, data: bytes, **headers) -> httpx.Response:
+    request = httpx.Request(
+        "POST",
+        url,
+        content=chunks(data),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    assert request.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in request.headers
+    with httpx.Client(timeout=30) as client:
+        return client.send(request)
+
+
+def test_a_chunked_body_is_read(server):
+    base, log = server
+    body = {
+        "email": "chunked@example.test",
+        "password": "correct-horse-battery-staple",
+        "full_name": "Chunked Sender",
+    }
+    response = post_chunked(f"{base}/api/v1/auth/register", json.dumps(body).encode())
+    assert response.status_code == 201, (response.text, log.read_text()[-2000:])
+    assert response.json()["email"] == "chunked@example.test"
+
+    login = post_chunked(
+        f"{base}/api/v1/auth/login",
+        json.dumps({"email": body["email"], "password": body["password"]}).encode(),
+    )
+    assert login.status_code == 200, login.text
+    assert login.json()["token"]
+
+
+def test_a_chunked_body_over_the_limit_is_413(server):
+    base, _log = server
+    padding = "a" * (BODY_LIMIT + 1)
+    data = json.dumps({"email": "big@example.test", "password": padding}).encode()
+    response = post_chunked(f"{base}/api/v1/auth/login", data)
+    assert response.status_code == 413, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] == "too_large" and error["message"] and error["fields"] == {}
+
+
+def test_a_chunked_body_at_the_limit_is_accepted(server):
+    base, _log = server
+    head = b'{"email": "edge@example.test", "password": "wrong", "padding": "'
+    tail = b'"}'
+    data = head + b"a" * (BODY_LIMIT - len(head) - len(tail)) + tail
+    assert len(data) == BODY_LIMIT
+    response = post_chunked(f"{base}/api/v1/auth/login", data)
+    # Parsed (wrong credentials), not "field required" and not 413.
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "invalid_credentials"

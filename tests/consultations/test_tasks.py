@@ -19,6 +19,7 @@ JOBS = {
     "consultations.materialize_slots": tasks.materialize_slots,
     "consultations.expire_queue_entries": tasks.expire_queue_entries,
     "consultations.mark_no_shows": tasks.mark_no_shows,
+    "consultations.send_reminders": tasks.send_reminders,
 }
 
 
@@ -57,3 +58,15 @@ def test_no_show_and_expiry_jobs(patient, other_patient, provider, make_slot, bo
     entry.refresh_from_db()
     assert consultation.status == ConsultationStatus.NO_SHOW
     assert entry.status == QueueStatus.EXPIRED
+
+
+def test_reminder_job_writes_each_due_reminder_once(patient, provider, make_slot, book):
+    from workers.models import Notification, NotificationKind
+
+    consultation = book(patient, make_slot(provider, hours=30))
+    # Booked well ahead: travel to 23 h before the start, inside the 24 h reminder's window.
+    with time_machine.travel(consultation.scheduled_start - timedelta(hours=23)):
+        assert tasks.send_reminders() == 1
+        assert tasks.send_reminders() == 0
+    reminder = Notification.objects.get(kind=NotificationKind.REMINDER_24H)
+    assert (reminder.user_id, reminder.consultation_id) == (patient.pk, consultation.pk)

@@ -48,6 +48,23 @@ def test_lists_only_the_callers_notifications_newest_first(auth_client, patient,
     assert results[0]["status"] == "sent"
 
 
+def test_staff_see_only_their_own_notifications(auth_client, patient, staff):
+    from django.contrib.auth.models import AnonymousUser
+
+    make_notifications(patient, 2)
+    make_notifications(staff, 1, kind=NotificationKind.QUEUE_CALLED)
+    staff.is_superuser = True  # the console's most powerful user: still only their own
+    staff.save()
+    assert staff.is_staff
+    body = auth_client(staff).get("/api/v1/notifications").json()
+    assert [item["kind"] for item in body["results"]] == [NotificationKind.QUEUE_CALLED]
+    assert set(Notification.objects.visible_to(staff).values_list("user_id", flat=True)) == {
+        staff.pk
+    }
+    assert not Notification.objects.visible_to(AnonymousUser()).exists()
+    assert not Notification.objects.visible_to(None).exists()
+
+
 def test_pages_with_a_cursor(auth_client, patient):
     make_notifications(patient, 5)
     client = auth_client(patient)

@@ -90,6 +90,8 @@ def seed_demo(*, context: SeedContext) -> None:
             )
             context.created += 1
             context.progress(f"gave {provider.email} availability 08:00-18:00 every day")
+        else:
+            context.existing += 1
         result = services.slots_materialize(provider=provider, days=days)
         if result.created:
             context.progress(f"materialized {result.created} slots for {provider.email}")

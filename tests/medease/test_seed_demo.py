@@ -9,6 +9,7 @@ from django.core.management import CommandError, call_command
 
 from accounts.demo import DEMO_PASSWORD
 from accounts.models import Organization, Role, User
+from medease import seeding
 
 pytestmark = pytest.mark.django_db
 
@@ -71,3 +72,16 @@ def test_demo_patient_can_log_in(api):
     )
     assert response.status_code == 200
     assert response.json()["user"]["role"] == "patient"
+
+
+def test_each_app_seeds_its_own_part_in_installed_apps_order():
+    out = StringIO()
+    call_command("seed_demo", stdout=out)
+    headers = [line.strip() for line in out.getvalue().splitlines() if line.endswith(":")]
+    assert headers[:2] == ["accounts:", "consultations:"]
+    assert [label for label, _ in seeding.seeders()] == ["accounts", "consultations"]
+
+
+def test_a_seeder_missing_what_it_needs_says_so():
+    with pytest.raises(LookupError, match=r"'providers'.*earlier in INSTALLED_APPS"):
+        seeding.SeedContext().require("providers")

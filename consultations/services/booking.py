@@ -17,8 +17,9 @@ from medease import db as db_routing
 from medease.exceptions import Conflict, Forbidden, InvalidInput
 
 
-def _replay(existing: Consultation, slot_id: int) -> tuple[Consultation, bool]:
-    if existing.slot_id != slot_id:
+def _replay(existing: Consultation, slot_id: int, reason: str) -> tuple[Consultation, bool]:
+    # A replay must be the same request: another slot or reason under the key is a reuse.
+    if existing.slot_id != slot_id or existing.reason != reason:
         raise Conflict(
             "This Idempotency-Key was already used for a different booking.",
             code="idempotency_key_reused",
@@ -47,7 +48,7 @@ def consultation_book(
     if idempotency_key:
         existing = _by_idempotency_key(patient=patient, key=idempotency_key)
         if existing is not None:
-            return _replay(existing, slot_id)
+            return _replay(existing, slot_id, reason)
     slot = (
         Slot.objects.select_related("provider__organization")
         .filter(pk=slot_id, provider__is_active=True, provider__role=Role.PROVIDER)
@@ -89,6 +90,6 @@ def consultation_book(
             with db_routing.use_primary():
                 existing = _by_idempotency_key(patient=patient, key=idempotency_key)
             if existing is not None:
-                return _replay(existing, slot_id)
+                return _replay(existing, slot_id, reason)
         raise _conflict_from(exc) from exc
     return consultation, True

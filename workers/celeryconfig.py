@@ -59,7 +59,7 @@ timezone = "UTC"
 enable_utc = True
 
 # A task is acknowledged after it ran, and requeued when its worker dies mid-task: tasks are
-# written to be idempotent (see workers/base.py and the claim in workers/services.py).
+# written to be idempotent (see workers/base.py and the claim in workers/services/delivery.py).
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1

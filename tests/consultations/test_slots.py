@@ -305,6 +305,23 @@ def test_slots_window_filters_and_validates(token_client, patient, provider, ope
     assert too_long.status_code == 400
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"start": "9999-12-31"},  # no week after it: the default end overflows
+        {"start": "9999-12-31T12:00:00"},
+        {"start": "9999-12-31T23:00:00-05:00"},  # no UTC form
+        {"start": "0001-01-01T00:00:00+05:00"},
+        {"start": "2030-01-01", "end": "9999-12-31T23:00:00-05:00"},
+    ],
+)
+def test_slot_window_out_of_range_is_a_400(token_client, patient, provider, params):
+    response = token_client(patient).get(f"/api/v1/providers/{provider.pk}/slots", params)
+    assert response.status_code == 400, response.content[:300]
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and set(error["fields"]) <= {"start", "end"}
+
+
 def test_unknown_provider_slots_is_404(token_client, patient):
     assert token_client(patient).get("/api/v1/providers/999999/slots").status_code == 404
 

@@ -4,6 +4,10 @@ and a provider of another clinic get 404 (never a hint that the object exists).
 Every such route needs a case in ``CASES``: a new route without one fails this test, so
 whoever adds a route decides, here, who may reach it. A route that is public on purpose
 (open slots, joining a walk-in queue) says so with the statuses outsiders get instead.
+
+The same policy (``objects.visible_to``) serves the staff console and the chat websocket:
+walking the admin registry, every console page of a model holding patient data keeps another
+clinic's staff out, and an outsider's websocket to the consultation is closed 4403.
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.urls import URLResolver, get_resolver
+from channels.db import database_sync_to_async
+from django.contrib import admin
+from django.test import Client
+from django.urls import URLResolver, get_resolver, reverse
 
-from accounts.models import Role
+from accounts.models import Role, User
 from consultations import services
 from consultations.models import Consultation, ConsultationStatus, MedicalRecordEntry, QueueEntry
+from workers.models import Notification
 
 pytestmark = pytest.mark.django_db
 
@@ -105,6 +113,8 @@ def world(patient, provider, staff, make_user, make_slot, book):
         "consultation": consultation,
         "entry": entry,
         "record": record,
+        # The booking's confirmation to the patient (the outbox, written with the booking).
+        "notification": Notification.objects.filter(user=patient).earliest("id"),
     }
 
 
@@ -179,3 +189,141 @@ def test_staff_of_another_clinic_also_get_404(world, other_staff, token_client):
         f"/api/v1/patients/{ids['patient_id']}/records",
     ):
         assert client.get(url).status_code == 404, url
+
+
+# --- The staff console --------------------------------------------------------------------
+
+# Registered console models whose manager has ``visible_to`` (patient data) → the world's
+# object of that model. A new such model without an entry fails the walk below.
+CONSOLE_OBJECTS = {
+    Consultation: "consultation",
+    QueueEntry: "entry",
+    MedicalRecordEntry: "record",
+    Notification: "notification",
+}
+
+
+def _console_models_with_patient_data():
+    return [
+        model
+        for model in admin.site._registry
+        if hasattr(model._default_manager.get_queryset(), "visible_to")
+    ]
+
+
+def _browser(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_every_console_model_with_patient_data_has_a_case():
+    models = _console_models_with_patient_data()
+    assert Consultation in models, "the admin walk found nothing: the walker is broken"
+    assert set(models) == set(CONSOLE_OBJECTS)
+
+
+def test_another_clinics_staff_never_see_an_object_in_the_console(world, other_staff):
+    client = _browser(other_staff)
+    for model in _console_models_with_patient_data():
+        obj = world[CONSOLE_OBJECTS[model]]
+        opts = model._meta
+        changelist = client.get(reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"))
+        if changelist.status_code == 200:
+            assert obj.pk not in {row.pk for row in changelist.context["cl"].result_list}
+        else:
+            assert changelist.status_code == 403, (opts.model_name, changelist.status_code)
+        change = client.get(
+            reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+        )
+        # Django's "does not exist" redirect to the index, a 404 or a 403: never the page.
+        assert change.status_code in (302, 403, 404), (opts.model_name, change.status_code)
+        if change.status_code == 302:
+            assert change.url == reverse("admin:index")
+    board = client.get(reverse("admin:consultations_today"))
+    assert board.status_code == 200
+    shown = [c.pk for row in board.context["rows"] for c in row["consultations"]]
+    queued = [e.pk for row in board.context["rows"] for e in row["queue"]]
+    assert world["consultation"].pk not in shown and world["entry"].pk not in queued
+
+
+def test_the_console_pages_show_the_objects_to_those_who_may_see_them(world, staff):
+    """The ids above are real: the clinic's staff and a superuser open the same pages."""
+    root = User.objects.create_superuser("root@example.test", "x-very-long-pass-123")
+    for model, key in CONSOLE_OBJECTS.items():
+        obj = world[key]
+        opts = model._meta
+        url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+        assert _browser(root).get(url).status_code == 200, opts.model_name
+        if (
+            _browser(staff)
+            .get(reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"))
+            .status_code
+            == 200
+        ):
+            assert _browser(staff).get(url).status_code == 200, opts.model_name
+
+
+# --- The chat websocket -------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_outsiders_websockets_are_closed_4403(
+    world, other_patient, other_provider, other_staff
+):
+    from tests.messaging.conftest import Socket, issue_ticket, ws_path
+
+    consultation_id = world["consultation"].pk
+    for outsider in (other_patient, other_provider, other_staff):
+        ticket = await database_sync_to_async(issue_ticket)(outsider)
+        socket = Socket(ws_path(consultation_id, ticket=ticket))
+        try:
+            await socket.connect()  # accepted, then closed with the reason
+            assert await socket.closed_with() == 4403, outsider.role
+        finally:
+            await socket.close()
+    # The ticket and path are right: the consultation's patient is let in.
+    ticket = await database_sync_to_async(issue_ticket)(world["owners"]["patient"])
+    socket = Socket(ws_path(consultation_id, ticket=ticket))
+    try:
+        await socket.connect()
+        await socket.send({"type": "message.send", "body": "Hello", "client_id": "vis-1"})
+        assert (await socket.receive_type("message"))["message"]["body"] == "Hello"
+    finally:
+        await socket.close()
+
+
+# --- The querysets themselves ---------------------------------------------------------------
+
+
+def test_visible_to_per_model_and_role(world, other_patient, other_provider, other_staff):
+    from messaging import services as chat_services
+    from messaging.models import Message
+
+    patient, provider, staff = (world["owners"][k] for k in ("patient", "provider", "staff"))
+    message, _ = chat_services.message_send(
+        consultation=world["consultation"], sender=patient, body="Hi", client_id="vis-q"
+    )
+    rows = {
+        Consultation: world["consultation"],
+        QueueEntry: world["entry"],
+        MedicalRecordEntry: world["record"],
+        Message: message,
+    }
+    # The queue entry is another patient's; everything else is ``patient``'s.
+    insiders = {
+        Consultation: [patient, provider, staff],
+        QueueEntry: [world["entry_owner"], provider, staff],
+        MedicalRecordEntry: [patient, provider, staff],
+        Message: [patient, provider, staff],
+    }
+    for model, row in rows.items():
+        for user in insiders[model]:
+            assert model.objects.visible_to(user).filter(pk=row.pk).exists(), (model, user.role)
+        for user in (other_patient, other_provider, other_staff):
+            assert not model.objects.visible_to(user).filter(pk=row.pk).exists(), (
+                model,
+                user.role,
+            )
+    assert world["consultation"].is_visible_to(staff)
+    assert not world["consultation"].is_visible_to(other_staff)

@@ -7,7 +7,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 
 from accounts import services
-from accounts.forms import ConsoleLoginForm
+from accounts.forms import ConsoleLoginForm, ConsolePasswordChangeForm
 from accounts.models import AuthToken, Organization, PatientProfile, ProviderProfile, Role, User
 from medease.admin import OrganizationScopedAdmin
 from medease.audit import AuditAction, audit_log
@@ -62,6 +62,7 @@ class UserChangeAdminForm(UserChangeForm):
 class UserAdmin(OrganizationScopedAdmin, DjangoUserAdmin):
     form = UserChangeAdminForm
     add_form = UserCreationForm
+    change_password_form = ConsolePasswordChangeForm
     ordering = ["email"]
     list_display = ["email", "full_name", "role", "organization", "is_active"]
     list_filter = ["role", "is_active"]
@@ -143,18 +144,43 @@ class UserAdmin(OrganizationScopedAdmin, DjangoUserAdmin):
     def save_model(self, request, obj, form, change):
         if not request.user.is_superuser:
             obj.organization_id = request.user.organization_id
-        super().save_model(request, obj, form, change)
+        if change:
+            # Deactivation, a role or clinic change: the service ends their sessions too.
+            services.user_save_by_staff(user=obj, changed_fields=form.changed_data)
+        else:
+            super().save_model(request, obj, form, change)
         services.user_ensure_profile(user=obj)
 
 
 @admin.register(AuthToken)
 class AuthTokenAdmin(admin.ModelAdmin):
-    """Superusers only: see and revoke sessions. The digest is not a usable secret."""
+    """Superusers only: see and revoke sessions. The digest is not a usable secret.
+
+    Tokens are never edited in place: revoking or deleting goes through the services, which
+    tombstone the token cache and close the user's sockets on every node.
+    """
 
     list_display = ["user", "created_at", "last_used_at", "expires_at", "revoked_at"]
     list_select_related = ["user"]
-    readonly_fields = ["digest", "user", "created_at", "last_used_at", "expires_at"]
     search_fields = ["user__email"]
+    actions = ["revoke"]
 
     def has_add_permission(self, request):
         return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_revoke_permission(self, request):
+        return request.user.is_superuser
+
+    @admin.action(description="Revoke the selected tokens", permissions=["revoke"])
+    def revoke(self, request, queryset):
+        revoked = services.tokens_revoke(tokens=queryset)
+        self.message_user(request, f"{revoked} token(s) revoked.")
+
+    def delete_model(self, request, obj):
+        services.tokens_delete(tokens=AuthToken.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        services.tokens_delete(tokens=queryset)

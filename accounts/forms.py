@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.core.exceptions import ValidationError
 
-from accounts import limits
+from accounts import limits, services
 from medease.exceptions import RateLimited, ServiceUnavailable
 
 
@@ -40,3 +41,14 @@ class ConsoleLoginForm(AdminAuthenticationForm):
             if self.user_cache is None:
                 limits.password_attempt_failed(self.request, email=email)
             raise
+
+
+class ConsolePasswordChangeForm(AdminPasswordChangeForm):
+    """Staff set someone's password: through the service, so their sessions end everywhere."""
+
+    def save(self, commit=True):
+        usable = self.cleaned_data.get("set_usable_password", True)
+        services.user_set_password(
+            user=self.user, password=self.cleaned_data["password1"] if usable else None
+        )
+        return self.user

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts import token_cache
@@ -212,6 +214,74 @@ def user_tokens_revoke_all(*, user: User) -> int:
     revoked = live.update(revoked_at=timezone.now())
     _on_credentials_revoked(user_id=user.pk)
     return revoked
+
+
+# What a console edit may change that decides who someone is or what they may reach: a
+# change to any of these ends the user's API tokens and open sockets.
+CREDENTIAL_FIELDS = frozenset(
+    {
+        "email",
+        "password",
+        "is_active",
+        "role",
+        "organization",
+        "is_superuser",
+        "groups",
+        "user_permissions",
+    }
+)
+
+
+def user_save_by_staff(*, user: User, changed_fields: Iterable[str]) -> User:
+    """Save a user edited in the console; a credential or access change revokes their sessions."""
+    with transaction.atomic():
+        user.save()
+        if CREDENTIAL_FIELDS.intersection(changed_fields):
+            user_tokens_revoke_all(user=user)
+    return user
+
+
+def user_set_password(*, user: User, password: str | None) -> None:
+    """Set a password for someone (staff), or disable it with None; all their tokens are revoked.
+
+    The caller has validated the password (the console's form runs the validators).
+    """
+    with transaction.atomic():
+        if password is None:
+            user.set_unusable_password()
+            user.credentials_changed_at = timezone.now()
+        else:
+            user.set_password(password)
+        user.save(update_fields=["password", "credentials_changed_at"])
+        user_tokens_revoke_all(user=user)
+
+
+def _tokens_end(tokens: QuerySet, *, delete: bool) -> int:
+    rows = list(tokens.values_list("pk", "digest", "user_id"))
+    if not rows:
+        return 0
+    # Tombstones first, so no node can re-cache a token while we commit.
+    token_cache.forget([digest for _pk, digest, _user_id in rows])
+    ended = AuthToken.objects.filter(pk__in=[pk for pk, _digest, _user_id in rows])
+    if delete:
+        count, _ = ended.delete()
+    else:
+        count = ended.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    for user_id in sorted({user_id for _pk, _digest, user_id in rows}):
+        _on_credentials_revoked(user_id=user_id)
+    return count
+
+
+def tokens_revoke(*, tokens: QuerySet) -> int:
+    """Revoke some tokens (console): they stop at once on every node, their users' sockets close."""
+    with transaction.atomic():
+        return _tokens_end(tokens, delete=False)
+
+
+def tokens_delete(*, tokens: QuerySet) -> int:
+    """Delete some tokens (console), revoking them first everywhere as tokens_revoke does."""
+    with transaction.atomic():
+        return _tokens_end(tokens, delete=True)
 
 
 def user_change_password(*, user: User, old_password: str, new_password: str) -> None:

@@ -6,8 +6,21 @@ class MessagingConfig(AppConfig):
     verbose_name = "Messaging"
 
     def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_out
+
         from accounts.services import on_credentials_revoked
         from messaging.services import user_sockets_close
 
-        # Logout, password change, deactivation: close the user's open sockets everywhere.
+        # Logout, password change, deactivation, a role or clinic change (API or console):
+        # close the user's open sockets everywhere.
         on_credentials_revoked(user_sockets_close)
+        # Signing out of the console closes the sockets that session opened.
+        user_logged_out.connect(_close_session_sockets, dispatch_uid="messaging-session-ended")
+
+
+def _close_session_sockets(sender, request, user, **kwargs) -> None:
+    from messaging.middleware import session_sockets_close
+
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if session_key:
+        session_sockets_close(session_key=session_key)

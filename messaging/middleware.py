@@ -9,23 +9,34 @@
 The result is ``scope["user"]`` (AnonymousUser when nothing authenticated) and
 ``scope["auth_error"]``: ``None``, ``"bad_ticket"``, ``"no_credentials"`` (the consumer
 closes with 4401), ``"origin_not_allowed"`` (4403) or ``"unavailable"`` (1013, try again).
+
+A socket authenticated by a session lives no longer than the session: signing out of the
+console (``session_sockets_close``) closes it with 4401 on every node, through a channel-
+layer group per session that this middleware watches for the socket.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import get_user
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.middleware import BaseMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import validate_host
 
-from messaging import selectors, tickets
+from messaging import events, selectors, tickets
 
 logger = logging.getLogger("medease.messaging")
+
+# As for a revoked token: the client must authenticate again.
+CLOSE_SESSION_ENDED = 4401
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -56,15 +67,97 @@ def _redeem_ticket(raw: str):
     return selectors.ticket_user(user_id=binding["user_id"], token_id=binding.get("token_id"))
 
 
+def session_group(session_key: str) -> str:
+    """The channel-layer group of the sockets one console session opened."""
+    return "session." + hashlib.sha256(session_key.encode()).hexdigest()[:40]
+
+
+def session_sockets_close(*, session_key: str) -> None:
+    """Close every socket authenticated by this session, on every node (after commit)."""
+    events.group_send_on_commit(session_group(session_key), {"type": "session.ended"})
+
+
+class _SessionWatch:
+    """Wraps a socket's ``receive``: when its session ends, the socket is closed (4401) and
+    the consumer is told the client disconnected, so it cleans up as for any disconnect."""
+
+    def __init__(self, group: str, receive, send) -> None:
+        self.group = group
+        self._receive = receive
+        self._send = send
+        self._layer = get_channel_layer()
+        self._channel: str | None = None
+        self._ended: asyncio.Future | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._layer is None:
+            return
+        try:
+            self._channel = await self._layer.new_channel()
+            await self._layer.group_add(self.group, self._channel)
+        except Exception as exc:  # channel layer down: the consumer refuses the socket anyway
+            logger.warning("session watch unavailable: %r", exc)
+            self._channel = None
+            return
+        self._ended = asyncio.ensure_future(self._layer.receive(self._channel))
+
+    async def stop(self) -> None:
+        if self._ended is not None:
+            self._ended.cancel()
+            with contextlib.suppress(BaseException):
+                await self._ended
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._layer.group_discard(self.group, self._channel)
+
+    async def receive(self):
+        if self._closed:
+            return {"type": "websocket.disconnect", "code": CLOSE_SESSION_ENDED}
+        if self._ended is None:
+            return await self._receive()
+        inbound = asyncio.ensure_future(self._receive())
+        try:
+            await asyncio.wait({inbound, self._ended}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            inbound.cancel()
+            raise
+        if inbound.done():
+            return inbound.result()
+        ended, self._ended = self._ended, None
+        if ended.cancelled() or ended.exception() is not None:
+            # Lost the channel layer: stop watching, keep the socket (as for other events).
+            logger.warning(
+                "session watch lost: %r", None if ended.cancelled() else ended.exception()
+            )
+            return await inbound
+        inbound.cancel()
+        self._closed = True
+        await self._send({"type": "websocket.close", "code": CLOSE_SESSION_ENDED})
+        return {"type": "websocket.disconnect", "code": CLOSE_SESSION_ENDED}
+
+
 class ChatAuthMiddleware(BaseMiddleware):
     """Sets ``scope["user"]`` from a ticket or (from allowed origins) a session cookie."""
 
     async def __call__(self, scope, receive, send):
         scope = dict(scope)
-        scope["user"], scope["auth_error"] = await self.authenticate(scope)
-        return await super().__call__(scope, receive, send)
+        scope["user"], scope["auth_error"], session_key = await self._authenticate(scope)
+        if session_key is None:
+            return await super().__call__(scope, receive, send)
+        watch = _SessionWatch(session_group(session_key), receive, send)
+        await watch.start()
+        try:
+            return await super().__call__(scope, watch.receive, send)
+        finally:
+            await watch.stop()
 
     async def authenticate(self, scope: dict):
+        user, error, _session_key = await self._authenticate(scope)
+        return user, error
+
+    async def _authenticate(self, scope: dict):
+        """(user, auth_error, the session key when a session authenticated the socket)."""
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         ticket = (query.get("ticket") or [None])[0]
         if ticket is not None:
@@ -72,12 +165,14 @@ class ChatAuthMiddleware(BaseMiddleware):
                 user = await database_sync_to_async(_redeem_ticket)(ticket)
             except Exception:  # Redis or the database down: not the client's fault.
                 logger.exception("websocket ticket could not be checked")
-                return AnonymousUser(), "unavailable"
-            return (user, None) if user is not None else (AnonymousUser(), "bad_ticket")
+                return AnonymousUser(), "unavailable", None
+            if user is None:
+                return AnonymousUser(), "bad_ticket", None
+            return user, None, None
         if scope.get("cookies", {}).get(settings.SESSION_COOKIE_NAME):
             if not origin_allowed(scope):
-                return AnonymousUser(), "origin_not_allowed"
+                return AnonymousUser(), "origin_not_allowed", None
             user = await get_user(scope)
             if user.is_authenticated:
-                return user, None
-        return AnonymousUser(), "no_credentials"
+                return user, None, scope["session"].session_key
+        return AnonymousUser(), "no_credentials", None

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import pytest
+from channels.db import database_sync_to_async
+from django.conf import settings
 from django.test import Client
 from rest_framework.test import APIClient
 
-from accounts.models import Role
+from accounts import services as account_services
+from accounts import token_cache
+from accounts.models import Role, User
+from accounts.tokens import token_digest
 from tests.conftest import PASSWORD
+from tests.messaging import conftest as chat_fixtures
+from tests.messaging.conftest import issue_ticket, ws_path
 
 pytestmark = pytest.mark.django_db
 
 NEW_PASSWORD = "a-new-long-passphrase-42"
+
+db = database_sync_to_async
+
+# The chat's socket fixtures (the real ASGI application, Redis channel layer).
+chat = chat_fixtures.chat
+sockets = chat_fixtures.sockets
+_fresh_chat_state = chat_fixtures._fresh_chat_state
+notified = chat_fixtures.notified
 
 
 @pytest.fixture(autouse=True)
@@ -142,3 +157,144 @@ def test_a_right_password_change_is_not_counted(auth_client, patient, settings):
     assert response.status_code == 200
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['token']}")
     assert change_password(api, NEW_PASSWORD, PASSWORD).status_code == 204
+
+
+# --- Console credential writes end the user's sessions, sockets included -----------------
+
+
+@pytest.fixture
+def superuser(db):
+    return User.objects.create_superuser("root@example.test", PASSWORD)
+
+
+def console(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def user_form(user, **changes) -> dict:
+    """The console's change form of a staff member or admin (no inlines), as posted."""
+    data = {
+        "email": user.email,
+        "full_name": user.full_name,
+        "role": user.role,
+        "organization": user.organization_id or "",
+        "timezone": user.timezone,
+        "is_active": "on" if user.is_active else "",
+        **changes,
+    }
+    return {key: value for key, value in data.items() if value != ""}
+
+
+async def open_socket(sockets, chat, user):
+    ticket = await db(issue_ticket)(user)
+    return await sockets(ws_path(chat.consultation.pk, ticket=ticket))
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_password_set_in_the_console_closes_the_users_sockets(chat, sockets, superuser):
+    patient_socket = await open_socket(sockets, chat, chat.patient)
+    provider_socket = await open_socket(sockets, chat, chat.provider)
+
+    def reset():
+        return console(superuser).post(
+            f"/admin/accounts/user/{chat.patient.pk}/password/",
+            {"usable_password": "true", "password1": NEW_PASSWORD, "password2": NEW_PASSWORD},
+        )
+
+    response = await db(reset)()
+    assert response.status_code == 302
+    assert await patient_socket.closed_with() == 4401
+    assert await provider_socket.nothing()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"is_active": ""}, id="deactivated"),
+        pytest.param({"role": Role.PROVIDER}, id="role"),
+        pytest.param({"organization": "other"}, id="clinic"),
+    ],
+)
+@pytest.mark.django_db(transaction=True)
+async def test_console_access_changes_close_the_users_sockets(
+    chat, sockets, superuser, other_organization, changes
+):
+    staff_socket = await open_socket(sockets, chat, chat.staff)
+    patient_socket = await open_socket(sockets, chat, chat.patient)
+    if changes.get("organization") == "other":
+        changes = {"organization": other_organization.pk}
+
+    def edit():
+        return console(superuser).post(
+            f"/admin/accounts/user/{chat.staff.pk}/change/", user_form(chat.staff, **changes)
+        )
+
+    response = await db(edit)()
+    assert response.status_code == 302, response.content
+    assert await staff_socket.closed_with() == 4401
+    assert await patient_socket.nothing()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_harmless_console_edit_keeps_the_sockets(chat, sockets, superuser):
+    staff_socket = await open_socket(sockets, chat, chat.staff)
+
+    def edit():
+        return console(superuser).post(
+            f"/admin/accounts/user/{chat.staff.pk}/change/",
+            user_form(chat.staff, full_name="Renamed Staff"),
+        )
+
+    assert (await db(edit)()).status_code == 302
+    assert await staff_socket.nothing()
+
+
+@pytest.mark.parametrize("how", ["delete", "revoke"])
+@pytest.mark.django_db(transaction=True)
+async def test_ending_a_token_in_the_console_revokes_it_everywhere(chat, sockets, superuser, how):
+    raw, token = await db(account_services.token_issue)(user=chat.patient)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert (await db(api.get)("/api/v1/me")).status_code == 200  # now cached
+    patient_socket = await open_socket(sockets, chat, chat.patient)
+
+    def end():
+        client = console(superuser)
+        if how == "delete":
+            return client.post(f"/admin/accounts/authtoken/{token.pk}/delete/", {"post": "yes"})
+        return client.post(
+            "/admin/accounts/authtoken/",
+            {"action": "revoke", "_selected_action": [token.pk], "index": 0},
+        )
+
+    response = await db(end)()
+    assert response.status_code == 302
+    assert token_cache.get(token_digest(raw)) is token_cache.REVOKED
+    assert (await db(api.get)("/api/v1/me")).status_code == 401
+    assert await patient_socket.closed_with() == 4401
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_console_logout_closes_the_sockets_of_that_session(chat, sockets):
+    def two_sessions():
+        return console(chat.staff), console(chat.staff)
+
+    leaving, staying = await db(two_sessions)()
+    name = settings.SESSION_COOKIE_NAME
+    origin = (b"origin", b"http://localhost:8000")
+    path = ws_path(chat.consultation.pk)
+
+    def cookie(client):
+        return (b"cookie", f"{name}={client.cookies[name].value}".encode())
+
+    leaving_socket = await sockets(path, [cookie(leaving), origin])
+    staying_socket = await sockets(path, [cookie(staying), origin])
+    ticket_socket = await open_socket(sockets, chat, chat.staff)
+
+    response = await db(leaving.post)("/admin/logout/")
+    assert response.status_code == 200
+    assert await leaving_socket.closed_with() == 4401
+    assert await staying_socket.nothing()
+    assert await ticket_socket.nothing()

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from accounts.models import Role, User
 from consultations import services
-from consultations.models import Availability, ConsultationStatus, Slot
+from consultations.models import Availability, ConsultationStatus, MedicalRecordEntry, Slot
 from medease.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -285,3 +285,21 @@ def test_staff_read_their_clinics_audit_events_only(
     assert client.get("/admin/medease/auditevent/add/").status_code == 403
     client.post(f"/admin/medease/auditevent/{event.pk}/delete/", {"post": "yes"})
     assert AuditEvent.objects.filter(pk=event.pk).exists()
+
+
+# --- Medical records (read-only) ----------------------------------------------------------
+
+
+def test_record_entries_are_read_only_and_reading_one_is_audited(patient, provider, clinic):
+    entry = services.medical_record_add(author=provider, patient=patient, kind="note", text="x")
+    root = User.objects.create_superuser("root@example.test", "x-very-long-pass-123")
+    client = _browser(root)
+    url = f"/admin/consultations/medicalrecordentry/{entry.pk}/change/"
+    page = client.get(url)
+    assert page.status_code == 200 and not page.context["has_change_permission"]
+    assert AuditEvent.objects.filter(
+        action="read", object_type="medical_record_entry", object_id=str(entry.pk)
+    ).exists()
+    assert client.get("/admin/consultations/medicalrecordentry/add/").status_code == 403
+    client.post(f"/admin/consultations/medicalrecordentry/{entry.pk}/delete/", {"post": "yes"})
+    assert MedicalRecordEntry.objects.filter(pk=entry.pk).exists()

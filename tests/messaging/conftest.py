@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import uuid
+from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,7 +22,7 @@ from rest_framework.test import APIClient
 from accounts import services as account_services
 from accounts.models import Role
 from consultations.models import Consultation, ConsultationStatus
-from messaging import presence, services
+from messaging import events, presence, services
 from workers import services as worker_services
 
 # The outbox's own function, before the autouse fixture below replaces it with a recorder.
@@ -134,6 +137,16 @@ def ws_path(consultation_id: int, *, ticket: str | None = None, after: int | Non
     return f"/ws/consultations/{consultation_id}/" + ("?" + "&".join(query) if query else "")
 
 
+# No user has this id: a read event from it is a quiet marker (see Socket.nothing).
+MARKER_USER = 0
+# An event type the consumer does not know: it answers with an error (see Socket.settle).
+SETTLE_FRAME = "test.settle"
+
+
+def _is_marker(event: dict) -> bool:
+    return event.get("type") == "read" and event.get("user") == MARKER_USER
+
+
 class Socket:
     """A WebsocketCommunicator on the real application, with JSON helpers."""
 
@@ -141,6 +154,9 @@ class Socket:
         from config.asgi import application
 
         self.communicator = WebsocketCommunicator(application, path, headers=headers or [])
+        match = re.match(r"/ws/consultations/(\d+)/", path)
+        self.consultation_id = int(match.group(1)) if match else None
+        self.held: deque[dict] = deque()  # events settle() read past
 
     async def connect(self) -> None:
         connected, _ = await self.communicator.connect(timeout=TIMEOUT)
@@ -150,7 +166,13 @@ class Socket:
         await self.communicator.send_to(text_data=json.dumps(data))
 
     async def receive(self, timeout: float = TIMEOUT) -> dict:
-        return json.loads(await self.communicator.receive_from(timeout=timeout))
+        """The next event, skipping the quiet markers other sockets' :meth:`nothing` sent."""
+        if self.held:
+            return self.held.popleft()
+        while True:
+            event = json.loads(await self.communicator.receive_from(timeout=timeout))
+            if not _is_marker(event):
+                return event
 
     async def receive_type(self, kind: str, timeout: float = TIMEOUT) -> dict:
         """The next event of this type, skipping others (e.g. presence)."""
@@ -159,16 +181,48 @@ class Socket:
             if event["type"] == kind:
                 return event
 
-    async def nothing(self, timeout: float = 0.3, ignore: tuple = ("presence",)) -> bool:
-        """True when nothing but ``ignore``d events arrives within ``timeout``.
+    async def settle(self) -> None:
+        """Return once the server has handled every frame sent on this socket so far.
 
-        (``receive_nothing`` polls; a timed-out ``receive_output`` would cancel the app.)
+        The consumer handles frames one at a time, so the answer to a frame it rejects comes
+        after whatever the earlier frames did (their fan-out included) has been sent.
         """
-        while not await self.communicator.receive_nothing(timeout=timeout):
+        await self.send({"type": SETTLE_FRAME})
+        held = []
+        while True:
             event = await self.receive()
+            if event["type"] == "error" and SETTLE_FRAME in event["message"]:
+                break
+            held.append(event)
+        # What arrived meanwhile is still to be received (or to fail nothing()).
+        self.held.extend(held)
+
+    async def nothing(self, ignore: tuple = ("presence",)) -> bool:
+        """True when nothing but ``ignore``d events reached this socket before a marker.
+
+        The marker goes through the channel layer to the consultation's group after the
+        caller's actions, and a channel delivers in order: anything those actions sent to
+        this socket arrives before it. A socket the server closed never gets the marker.
+        """
+        if any(event["type"] not in ignore for event in self.held):
+            return False
+        self.held.clear()
+        token = uuid.uuid4().hex
+        group = events.consultation_group(self.consultation_id)
+        await get_channel_layer().group_send(
+            group, {"type": "chat.read", "user": MARKER_USER, "message_id": token}
+        )
+        while True:
+            output = await self.communicator.receive_output(timeout=TIMEOUT)
+            if output["type"] != "websocket.send":
+                return False  # closed by the server
+            event = json.loads(output["text"])
+            if _is_marker(event):
+                if event["message_id"] == token:
+                    return True
+                continue  # another socket's marker
             if event["type"] not in ignore:
                 return False
-        return True
 
     async def closed_with(self, timeout: float = TIMEOUT) -> int | None:
         """Wait for the server to close; returns the close code (skips data frames)."""

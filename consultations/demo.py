@@ -12,10 +12,11 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import User
-from consultations import conf, services
+from consultations import services
 from consultations.models import (
     Availability,
     Consultation,
@@ -78,7 +79,7 @@ def _past_consultations(*, provider: User, patients: list[User], context: SeedCo
 
 def seed_demo(*, context: SeedContext) -> None:
     """Availability, slots and a few past consultations for the demo providers (idempotent)."""
-    days = max(conf.slots_horizon_days(), MIN_DEMO_DAYS)
+    days = max(settings.SLOTS_MATERIALIZE_DAYS, MIN_DEMO_DAYS)
     patients = context.require("patients")
     providers = User.objects.filter(
         pk__in=[provider.pk for provider in context.require("providers")]

@@ -141,6 +141,34 @@ class UserAdmin(OrganizationScopedAdmin, DjangoUserAdmin):
             )
         return response
 
+    def get_deleted_objects(self, objs, request):
+        if objs and all(obj.role == Role.PATIENT for obj in objs):
+            # A patient is anonymized, not deleted: nothing else goes, nothing protects it.
+            return (
+                [f"{obj} (anonymized; visits, records and audit trail kept)" for obj in objs],
+                {"users": len(objs)},
+                set(),
+                [],
+            )
+        return super().get_deleted_objects(objs, request)
+
+    def delete_model(self, request, obj):
+        if obj.role == Role.PATIENT:
+            services.patient_delete(patient=obj)
+            audit_log(
+                request=request,
+                action=AuditAction.DELETE,
+                object_type="patient_profile",
+                object_ids=[obj.pk],
+                patient_id=obj.pk,
+            )
+        else:
+            services.user_delete(user=obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_model(request, obj)
+
     def save_model(self, request, obj, form, change):
         if not request.user.is_superuser:
             obj.organization_id = request.user.organization_id

@@ -10,7 +10,7 @@ from django.contrib.auth import authenticate
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import ProtectedError, QuerySet
 from django.utils import timezone
 
 from accounts import token_cache
@@ -305,6 +305,56 @@ def user_deactivate(*, user: User) -> None:
         user.is_active = False
         user.save(update_fields=["is_active"])
         user_tokens_revoke_all(user=user)
+
+
+def patient_delete(*, patient: User) -> User:
+    """A patient's "deletion": sign-in ends, personal details are erased, the rows stay.
+
+    Consultations, records and the audit trail keep the patient's id (medical and audit
+    retention, docs/adr/0006-audit-retention-and-user-deletion.md); nothing that names or
+    reaches the person is left. Idempotent.
+    """
+    if patient.role != Role.PATIENT:
+        raise InvalidInput("Only a patient's account is deleted this way.", code="not_a_patient")
+    now = timezone.now()
+    with transaction.atomic():
+        patient.email = f"deleted-{patient.pk}@deleted.invalid"
+        patient.full_name = "Deleted patient"
+        patient.is_active = False
+        patient.set_unusable_password()
+        patient.credentials_changed_at = now
+        patient.save(
+            update_fields=["email", "full_name", "is_active", "password", "credentials_changed_at"]
+        )
+        PatientProfile.objects.update_or_create(
+            user=patient,
+            defaults={"date_of_birth": None, "phone": "", "deleted_at": now},
+        )
+        user_tokens_revoke_all(user=patient)
+    return patient
+
+
+def user_delete(*, user: User) -> None:
+    """Delete an account that is not a patient's; its sessions end everywhere first.
+
+    The audit trail keeps the id (no foreign key constraint); rows that must outlive the
+    user (consultations, records) protect it and the deletion is refused.
+    """
+    if user.role == Role.PATIENT:
+        raise InvalidInput("A patient's account is anonymized, not deleted.", code="is_patient")
+    user_id = user.pk
+    with transaction.atomic():
+        digests = list(AuthToken.objects.filter(user=user).values_list("digest", flat=True))
+        try:
+            user.delete()  # its tokens go with it
+        except ProtectedError as exc:
+            raise Conflict(
+                "This account has consultations or records and cannot be deleted; "
+                "deactivate it instead.",
+                code="user_protected",
+            ) from exc
+        token_cache.forget(digests)
+        _on_credentials_revoked(user_id=user_id)
 
 
 def tokens_purge_expired() -> int:

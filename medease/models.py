@@ -11,30 +11,39 @@ class AuditAction(models.TextChoices):
     READ = "read", "Read"
     CREATE = "create", "Create"
     UPDATE = "update", "Update"
+    DELETE = "delete", "Delete"
+
+
+def _kept_id(to: str, **kwargs) -> models.ForeignKey:
+    """A reference the audit trail keeps after its row is gone (docs/adr/0006-*.md).
+
+    No database constraint and no cascade: deleting a user or clinic leaves the id as it
+    was, and the append-only trigger is never asked to change a row. The relation is kept
+    for the console's joins (a deleted row then shows as empty).
+    """
+    return models.ForeignKey(
+        to,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+        **kwargs,
+    )
 
 
 class AuditEvent(models.Model):
-    """Who (user, ip) did what (read/create/update) to which PHI object, when. Append-only."""
+    """Who (user, ip) did what to which PHI object, when. Append-only; outlives its users."""
 
     created_at = models.DateTimeField(default=now, db_index=True)
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    user = _kept_id(settings.AUTH_USER_MODEL)
     ip = models.GenericIPAddressField(null=True, blank=True)
     action = models.CharField(max_length=16, choices=AuditAction.choices)
     object_type = models.CharField(max_length=64)
     object_id = models.CharField(max_length=64)
     # Whose data it is, and which clinic's staff may review the event.
-    patient = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
-    organization = models.ForeignKey(
-        "accounts.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    patient = _kept_id(settings.AUTH_USER_MODEL)
+    organization = _kept_id("accounts.Organization")
     request_id = models.CharField(max_length=128, blank=True)
 
     class Meta:

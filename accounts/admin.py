@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+from types import MethodType
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.contrib.auth.views import PasswordChangeView
+from django.urls import reverse
 
 from accounts import services
-from accounts.forms import ConsoleLoginForm, ConsolePasswordChangeForm
+from accounts.forms import (
+    ConsoleLoginForm,
+    ConsoleOwnPasswordChangeForm,
+    ConsolePasswordChangeForm,
+)
 from accounts.models import AuthToken, Organization, PatientProfile, ProviderProfile, Role, User
 from medease.admin import OrganizationScopedAdmin
 from medease.audit import AuditAction, audit_log
 
 # The console's login counts failed passwords with the API login's limits.
 admin.site.login_form = ConsoleLoginForm
+
+
+class _OwnPasswordChangeView(PasswordChangeView):
+    form_class = ConsoleOwnPasswordChangeForm
+
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "request": self.request}
+
+
+def _own_password_change(site, request, extra_context=None):
+    """AdminSite.password_change with a form that goes through the accounts services."""
+    request.current_app = site.name
+    return _OwnPasswordChangeView.as_view(
+        success_url=reverse("admin:password_change_done", current_app=site.name),
+        extra_context={**site.each_context(request), **(extra_context or {})},
+    )(request)
+
+
+# The default site hard-codes Django's form for a user's own password change; this is the
+# same view with ours (set before the site builds its URLs, which happens after admin
+# modules are loaded).
+admin.site.password_change = MethodType(_own_password_change, admin.site)
 
 
 @admin.register(Organization)

@@ -5,11 +5,32 @@ from __future__ import annotations
 import math
 
 from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.admin.forms import (
+    AdminPasswordChangeForm as AdminOwnPasswordChangeForm,
+)
 from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.core.exceptions import ValidationError
 
 from accounts import limits, services
 from medease.exceptions import RateLimited, ServiceUnavailable
+
+
+def _attempt_check(request, *, email: str) -> None:
+    """limits.password_attempt_check, answered as a form error instead of an API error."""
+    try:
+        # Before the password: while locked, the right password is refused too.
+        limits.password_attempt_check(request, email=email)
+    except RateLimited as exc:
+        raise ValidationError(
+            "Too many failed sign-in attempts for this account or from this address. "
+            "Try again in %(minutes)d minute(s).",
+            code="rate_limited",
+            params={"minutes": math.ceil(exc.retry_after / 60)},
+        ) from exc
+    except ServiceUnavailable as exc:
+        raise ValidationError(
+            "Signing in is temporarily unavailable. Try again shortly.", code="unavailable"
+        ) from exc
 
 
 class ConsoleLoginForm(AdminAuthenticationForm):
@@ -19,21 +40,7 @@ class ConsoleLoginForm(AdminAuthenticationForm):
         email = self.cleaned_data.get("username")
         if email is None or not self.cleaned_data.get("password"):
             return super().clean()
-        try:
-            # Before the password: while locked, the right password is refused too.
-            limits.password_attempt_check(self.request, email=email)
-        except RateLimited as exc:
-            minutes = math.ceil(exc.retry_after / 60)
-            raise ValidationError(
-                "Too many failed sign-in attempts for this account or from this address. "
-                "Try again in %(minutes)d minute(s).",
-                code="rate_limited",
-                params={"minutes": minutes},
-            ) from exc
-        except ServiceUnavailable as exc:
-            raise ValidationError(
-                "Signing in is temporarily unavailable. Try again shortly.", code="unavailable"
-            ) from exc
+        _attempt_check(self.request, email=email)
         try:
             return super().clean()
         except ValidationError:
@@ -51,4 +58,25 @@ class ConsolePasswordChangeForm(AdminPasswordChangeForm):
         services.user_set_password(
             user=self.user, password=self.cleaned_data["password1"] if usable else None
         )
+        return self.user
+
+
+class ConsoleOwnPasswordChangeForm(AdminOwnPasswordChangeForm):
+    """A console user changes their own password: the current one is guessed under the login
+    limits, and the change goes through the service (their tokens and sockets end)."""
+
+    def __init__(self, user, *args, request=None, **kwargs) -> None:
+        super().__init__(user, *args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self):
+        _attempt_check(self.request, email=self.user.email)
+        try:
+            return super().clean_old_password()
+        except ValidationError:
+            limits.password_attempt_failed(self.request, email=self.user.email)
+            raise
+
+    def save(self, commit=True):
+        services.user_set_password(user=self.user, password=self.cleaned_data["new_password1"])
         return self.user

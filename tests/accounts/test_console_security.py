@@ -298,3 +298,32 @@ async def test_console_logout_closes_the_sockets_of_that_session(chat, sockets):
     assert await leaving_socket.closed_with() == 4401
     assert await staying_socket.nothing()
     assert await ticket_socket.nothing()
+
+
+def own_password_change(client: Client, old: str):
+    return client.post(
+        "/admin/password_change/",
+        {"old_password": old, "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD},
+    )
+
+
+def test_guessing_ones_own_password_in_the_console_is_limited(api, console_user):
+    client = console(console_user)
+    for _ in range(10):
+        assert own_password_change(client, "wrong").status_code == 200
+    response = own_password_change(client, PASSWORD)
+    assert response.status_code == 200
+    assert "Too many failed sign-in attempts" in response.content.decode()
+    console_user.refresh_from_db()
+    assert console_user.check_password(PASSWORD)
+    assert api_login(api, console_user.email, PASSWORD).status_code == 429
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_changing_ones_own_password_in_the_console_closes_ones_sockets(chat, sockets):
+    staff_socket = await open_socket(sockets, chat, chat.staff)
+    patient_socket = await open_socket(sockets, chat, chat.patient)
+    response = await db(lambda: own_password_change(console(chat.staff), PASSWORD))()
+    assert response.status_code == 302
+    assert await staff_socket.closed_with() == 4401
+    assert await patient_socket.nothing()

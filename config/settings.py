@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "consultations",
     "messaging",
     "workers",
+    "attachments",
 ]
 
 MIDDLEWARE = [
@@ -505,6 +506,64 @@ if CELERY_BROKER_VISIBILITY_TIMEOUT <= CELERY_MAX_COUNTDOWN_SECONDS:
     raise ImproperlyConfigured(
         "CELERY_BROKER_VISIBILITY_TIMEOUT must exceed CELERY_MAX_COUNTDOWN_SECONDS, or Redis "
         "redelivers scheduled tasks before they are due."
+    )
+
+# --- Attachments -------------------------------------------------------------------------
+# Files live in object storage, never in the database (attachments/, docs/scaling.md
+# "Storage"). Unset STORAGE_URL: the filesystem under VAR_DIR/attachments with URLs MedEase
+# signs itself. Set: any S3-compatible store, e.g.
+# s3+http://KEY:SECRET@127.0.0.1:8333/bucket?region=us-east-1 (s3:// or s3+https:// for TLS).
+STORAGE_URL = env.str("STORAGE_URL", default="")
+
+
+def _storage_url_config(url: str) -> dict:
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(url)
+    schemes = {"s3": "https", "s3+https": "https", "s3+http": "http"}
+    bucket = parts.path.strip("/")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"STORAGE_URL: bad port in {parts.netloc!r}.") from exc
+    if parts.scheme not in schemes or not parts.hostname or not bucket or "/" in bucket:
+        raise ImproperlyConfigured(
+            "STORAGE_URL must look like s3://KEY:SECRET@host[:port]/bucket?region=REGION "
+            "(s3+http:// for a store without TLS)."
+        )
+    if not parts.username or not parts.password:
+        raise ImproperlyConfigured("STORAGE_URL needs the access key and secret: s3://KEY:SECRET@…")
+    netloc = parts.hostname if port is None else f"{parts.hostname}:{port}"
+    return {
+        "endpoint_url": f"{schemes[parts.scheme]}://{netloc}",
+        "bucket": bucket,
+        "access_key": unquote(parts.username),
+        "secret_key": unquote(parts.password),
+        "region": parse_qs(parts.query).get("region", ["us-east-1"])[0],
+    }
+
+
+ATTACHMENT_STORAGE = _storage_url_config(STORAGE_URL) if STORAGE_URL else None
+ATTACHMENT_DIR = VAR_DIR / "attachments"
+# Signed URLs are valid this long: the client starts its upload/download within it.
+ATTACHMENT_UPLOAD_URL_SECONDS = _positive_int("ATTACHMENT_UPLOAD_URL_SECONDS", 300)
+ATTACHMENT_DOWNLOAD_URL_SECONDS = _positive_int("ATTACHMENT_DOWNLOAD_URL_SECONDS", 120)
+ATTACHMENT_MAX_BYTES = _positive_int("ATTACHMENT_MAX_BYTES", 20 * 1024 * 1024)
+ATTACHMENT_TYPES = env.list(
+    "ATTACHMENT_TYPES", default=["application/pdf", "image/jpeg", "image/png", "text/plain"]
+)
+# Total bytes one organization may keep (pending and ready files), default 200 GiB.
+ATTACHMENT_ORG_QUOTA_BYTES = _positive_int("ATTACHMENT_ORG_QUOTA_BYTES", 200 * 1024**3)
+# Uploads never completed are removed this long after they were requested.
+ATTACHMENT_PENDING_TTL_SECONDS = _positive_int("ATTACHMENT_PENDING_TTL_SECONDS", 24 * 60 * 60)
+ATTACHMENT_CLEANUP_SECONDS = _positive_int("ATTACHMENT_CLEANUP_SECONDS", 60 * 60)
+# Dotted path to a malware scanner called on completion (attachments/scanning.py says what
+# it receives and returns); the default accepts every file.
+ATTACHMENT_SCANNER = env.str("ATTACHMENT_SCANNER", default="attachments.scanning.accept_all")
+if ATTACHMENT_PENDING_TTL_SECONDS <= ATTACHMENT_UPLOAD_URL_SECONDS:
+    raise ImproperlyConfigured(
+        "ATTACHMENT_PENDING_TTL_SECONDS must exceed ATTACHMENT_UPLOAD_URL_SECONDS, or an "
+        "upload still in flight could be removed."
     )
 
 # --- Messaging ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from attachments.urls import file_urlpatterns as attachment_files
 from medease import views as ops
 
 admin.site.site_header = "MedEase staff console"
@@ -15,10 +16,13 @@ api_v1 = [
     path("", include("workers.urls")),
     path("", include("consultations.urls")),
     path("", include("messaging.urls")),
+    path("", include("attachments.urls")),
 ]
 
 urlpatterns = [
     path("api/v1/", include(api_v1)),
+    # Signed file URLs of the embedded storage (attachments/storage.py).
+    path("files/", include(attachment_files)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("health/live", ops.health_live, name="health-live"),

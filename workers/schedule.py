@@ -44,4 +44,10 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 5 * 60,
         "options": {"queue": "maintenance", "expires": 5 * 60},
     },
+    # Attachments (attachments/tasks.py): uploads never completed are removed.
+    "attachments-cleanup": {
+        "task": "attachments.cleanup",
+        "schedule": settings.ATTACHMENT_CLEANUP_SECONDS,
+        "options": {"queue": "maintenance", "expires": settings.ATTACHMENT_CLEANUP_SECONDS},
+    },
 }

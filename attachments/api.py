@@ -1,0 +1,96 @@
+"""Attachments API: request an upload, complete it, read one (with signed URLs).
+
+Every answer that carries a URL is ``Cache-Control: no-store``; every download URL handed
+out is an audit event.
+"""
+
+from __future__ import annotations
+
+from django.utils.cache import add_never_cache_headers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from attachments import selectors, services
+from attachments.models import Attachment, AttachmentStatus
+from attachments.serializers import AttachmentCreatedOutput, AttachmentCreateInput, AttachmentOutput
+from attachments.storage import get_store
+from consultations import selectors as consultation_selectors
+from medease.audit import AuditAction, audit_log_rows
+
+
+def _no_store(response: Response) -> Response:
+    add_never_cache_headers(response)  # includes no-store: signed URLs must not be cached
+    return response
+
+
+def attachment_body(request, attachment: Attachment) -> dict:
+    """The attachment with fresh signed URLs, each one audited (one INSERT)."""
+    context: dict = {}
+    audited = []
+    # Images are downloadable once the worker removed their metadata.
+    downloadable = attachment.status == AttachmentStatus.READY and (
+        not attachment.is_image or attachment.processed_at is not None
+    )
+    if downloadable:
+        store = get_store()
+        context["download_url"] = request.build_absolute_uri(
+            store.download_url(
+                key=attachment.storage_key,
+                filename=attachment.filename,
+                content_type=attachment.content_type,
+            )
+        )
+        audited.append(str(attachment.pk))
+        if attachment.thumbnail_key:
+            context["thumbnail_url"] = request.build_absolute_uri(
+                store.download_url(
+                    key=attachment.thumbnail_key,
+                    filename=f"thumbnail-{attachment.pk}.jpg",
+                    content_type="image/jpeg",
+                )
+            )
+            audited.append(f"{attachment.pk}/thumbnail")
+    audit_log_rows(
+        request=request,
+        action=AuditAction.READ,
+        object_type="attachment",
+        rows=[
+            (object_id, attachment.patient_id, attachment.organization_id) for object_id in audited
+        ],
+    )
+    return AttachmentOutput(attachment, context=context).data
+
+
+class ConsultationAttachmentsApi(APIView):
+    def post(self, request, consultation_id: int):
+        data = AttachmentCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        consultation = consultation_selectors.consultation_get_for_user(
+            user=request.user, consultation_id=consultation_id
+        )
+        attachment = services.attachment_create(
+            uploader=request.user, consultation=consultation, **data.validated_data
+        )
+        upload = get_store().upload_target(
+            key=attachment.storage_key, content_type=attachment.content_type
+        )
+        upload["url"] = request.build_absolute_uri(upload["url"])
+        body = {"id": attachment.pk, "status": attachment.status, "upload": upload}
+        return _no_store(Response(AttachmentCreatedOutput(body).data, status=201))
+
+
+class AttachmentCompleteApi(APIView):
+    def post(self, request, attachment_id: int):
+        attachment = selectors.attachment_get_for_user(
+            user=request.user, attachment_id=attachment_id
+        )
+        attachment = services.attachment_complete(attachment=attachment, user=request.user)
+        return _no_store(Response(attachment_body(request, attachment)))
+
+
+class AttachmentDetailApi(APIView):
+    def get(self, request, attachment_id: int):
+        attachment = selectors.attachment_get_for_user(
+            user=request.user, attachment_id=attachment_id
+        )
+        return _no_store(Response(attachment_body(request, attachment)))

@@ -1,0 +1,252 @@
+"""Writes of attachments: request an upload, complete it, remove what was never completed."""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import secrets
+from datetime import timedelta
+from functools import partial
+
+import filetype
+from celery import signature
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from accounts.models import Organization, User
+from attachments.models import Attachment, AttachmentStatus
+from attachments.storage import get_store
+from consultations import lifecycle
+from consultations.models import Consultation
+from medease.exceptions import ApplicationError, Conflict, Forbidden, InvalidInput, NotFound
+
+logger = logging.getLogger("medease.attachments")
+
+PROCESS_IMAGE_TASK = "attachments.process_image"
+# filetype needs the first 261 bytes; a little more costs nothing.
+SNIFF_BYTES = 8192
+
+
+class TooLarge(ApplicationError):
+    status_code = 413
+    code = "too_large"
+
+
+class UnsupportedType(ApplicationError):
+    status_code = 415
+    code = "unsupported_type"
+
+
+def _new_key(organization_id: int) -> str:
+    # Grouped by clinic and month (lifecycle rules, backups, per-clinic export); the name
+    # itself is random so the object key reveals nothing about the file.
+    today = timezone.now()
+    return f"attachments/{organization_id}/{today:%Y/%m}/{secrets.token_urlsafe(24)}"
+
+
+def _check_limits(*, content_type: str, size: int) -> None:
+    if content_type not in settings.ATTACHMENT_TYPES:
+        raise UnsupportedType(
+            f"Files of type {content_type!r} are not accepted; allowed: "
+            f"{', '.join(settings.ATTACHMENT_TYPES)}."
+        )
+    if size > settings.ATTACHMENT_MAX_BYTES:
+        raise TooLarge(f"Files may be at most {settings.ATTACHMENT_MAX_BYTES} bytes.")
+
+
+def attachment_create(
+    *, uploader: User, consultation: Consultation, filename: str, content_type: str, size: int
+) -> Attachment:
+    """Record a pending upload to a consultation and return it (the caller asks the store for
+    the signed upload target)."""
+    if uploader.pk not in (consultation.patient_id, consultation.provider_id):
+        raise Forbidden("Only the patient and the provider may attach files.")
+    if not lifecycle.is_active(consultation.status):
+        raise Conflict(
+            "Files can be attached only while the consultation is open.",
+            code="consultation_closed",
+        )
+    _check_limits(content_type=content_type, size=size)
+    quota = settings.ATTACHMENT_ORG_QUOTA_BYTES
+    with transaction.atomic():
+        # Serializes uploads of one clinic so two concurrent requests cannot both fit the
+        # last bytes of the quota.
+        Organization.objects.select_for_update().filter(pk=consultation.organization_id).first()
+        used = (
+            Attachment.objects.filter(
+                organization_id=consultation.organization_id,
+                status__in=(AttachmentStatus.PENDING, AttachmentStatus.READY),
+                deleted_at__isnull=True,
+            ).aggregate(total=Sum("size"))["total"]
+            or 0
+        )
+        if used + size > quota:
+            raise TooLarge(
+                f"Your clinic's storage is full: {used} of {quota} bytes are used and this "
+                f"file needs {size}. Ask the clinic to remove old files or raise its quota.",
+                code="quota_exceeded",
+            )
+        return Attachment.objects.create(
+            uploader=uploader,
+            consultation=consultation,
+            patient_id=consultation.patient_id,
+            organization_id=consultation.organization_id,
+            filename=filename,
+            content_type=content_type,
+            size=size,
+            storage_key=_new_key(consultation.organization_id),
+        )
+
+
+def _is_utf8_text(chunks) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for chunk in chunks:
+            if b"\x00" in chunk:
+                return False
+            decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _content_matches(*, attachment: Attachment, store) -> bool:
+    if attachment.content_type == "text/plain":
+        return _is_utf8_text(store.iter_chunks(attachment.storage_key))
+    kind = filetype.guess(store.read_head(attachment.storage_key, SNIFF_BYTES))
+    return kind is not None and kind.mime == attachment.content_type
+
+
+def _reject(*, attachment: Attachment, store, code: str, message: str) -> None:
+    """Mark the upload rejected, delete its object, raise the 400 the client sees."""
+    Attachment.objects.filter(pk=attachment.pk, status=AttachmentStatus.PENDING).update(
+        status=AttachmentStatus.REJECTED, completed_at=timezone.now()
+    )
+    store.delete(attachment.storage_key)
+    raise InvalidInput(message, code=code)
+
+
+def attachment_complete(*, attachment: Attachment, user: User) -> Attachment:
+    """Check the stored object (size, sniffed type, scanner) and mark the attachment ready;
+    a mismatch deletes the object and answers 400 ``upload_mismatch``."""
+    if attachment.uploader_id != user.pk:
+        raise NotFound("Attachment not found.")
+    if attachment.status == AttachmentStatus.READY:
+        return attachment  # completing twice is harmless
+    if attachment.status != AttachmentStatus.PENDING:
+        raise Conflict("This upload was rejected; start a new one.", code="upload_rejected")
+    store = get_store()
+    # The store's answers (no transaction is held while it is asked).
+    stored_size = store.size(attachment.storage_key)
+    if stored_size is None:
+        raise InvalidInput("Nothing was uploaded for this attachment.", code="upload_mismatch")
+    if stored_size != attachment.size or not _content_matches(attachment=attachment, store=store):
+        _reject(
+            attachment=attachment,
+            store=store,
+            code="upload_mismatch",
+            message=(
+                f"The uploaded file is not the declared {attachment.content_type} of "
+                f"{attachment.size} bytes."
+            ),
+        )
+    scanner = import_string(settings.ATTACHMENT_SCANNER)
+    reason = scanner(attachment=attachment, chunks=store.iter_chunks(attachment.storage_key))
+    if reason:
+        logger.warning("attachment %s refused by the scanner: %s", attachment.pk, reason)
+        _reject(
+            attachment=attachment,
+            store=store,
+            code="upload_rejected",
+            message="The file was refused by the malware scanner.",
+        )
+    with transaction.atomic():
+        changed = Attachment.objects.filter(
+            pk=attachment.pk, status=AttachmentStatus.PENDING
+        ).update(status=AttachmentStatus.READY, completed_at=timezone.now())
+        if changed and attachment.is_image:
+            transaction.on_commit(partial(_enqueue_processing, attachment.pk), robust=True)
+    current = Attachment.objects.filter(pk=attachment.pk).first()
+    if current is None:  # removed by the cleanup job meanwhile
+        raise NotFound("Attachment not found.")
+    if current.status != AttachmentStatus.READY:
+        raise Conflict("This upload was rejected; start a new one.", code="upload_rejected")
+    return current
+
+
+def _enqueue_processing(attachment_id: int) -> None:
+    # By registered name: attachments.tasks imports these services, never the reverse.
+    try:
+        signature(PROCESS_IMAGE_TASK, args=[attachment_id]).apply_async()
+    except Exception:  # a broker outage must not fail the request; the beat job retries
+        logger.warning("could not enqueue attachment %s", attachment_id, exc_info=True)
+
+
+def attachment_process_image(*, attachment_id: int) -> bool:
+    """Re-encode a ready image without its metadata (location, camera) over the original and
+    store a thumbnail. Safe to run twice: a processed image is left alone."""
+    from attachments import imaging
+
+    attachment = Attachment.objects.filter(
+        pk=attachment_id, status=AttachmentStatus.READY, processed_at__isnull=True
+    ).first()
+    if attachment is None or not attachment.is_image:
+        return False
+    store = get_store()
+    with store.open(attachment.storage_key) as source:
+        result = imaging.clean_and_thumbnail(source, content_type=attachment.content_type)
+    if result is None:
+        # Sniffed as an image, but Pillow cannot read it: nobody gets to download it.
+        with transaction.atomic():
+            Attachment.objects.filter(pk=attachment.pk).update(status=AttachmentStatus.REJECTED)
+        store.delete(attachment.storage_key)
+        return False
+    clean, thumbnail = result
+    thumbnail_key = f"{attachment.storage_key}.thumb.jpg"
+    store.save(attachment.storage_key, clean, content_type=attachment.content_type)
+    store.save(thumbnail_key, thumbnail, content_type="image/jpeg")
+    with transaction.atomic():
+        Attachment.objects.filter(pk=attachment.pk, processed_at__isnull=True).update(
+            size=clean.getbuffer().nbytes,
+            thumbnail_key=thumbnail_key,
+            processed_at=timezone.now(),
+        )
+    return True
+
+
+def attachments_remove_stale_pending(*, batch: int = 500) -> int:
+    """Delete uploads still pending after ``ATTACHMENT_PENDING_TTL_SECONDS`` (their objects
+    and rows). Returns how many went."""
+    cutoff = timezone.now() - timedelta(seconds=settings.ATTACHMENT_PENDING_TTL_SECONDS)
+    store = get_store()
+    removed = 0
+    stale = Attachment.objects.filter(status=AttachmentStatus.PENDING, created_at__lt=cutoff)
+    for attachment in stale.order_by("id")[:batch]:
+        # The row first, conditionally: an upload completed meanwhile keeps its object.
+        deleted = Attachment.objects.filter(
+            pk=attachment.pk, status=AttachmentStatus.PENDING
+        ).delete()[0]
+        if deleted:
+            store.delete(attachment.storage_key)
+            removed += 1
+    return removed
+
+
+def attachments_process_pending_images(*, batch: int = 100) -> int:
+    """Re-enqueue ready images never processed (broker down at completion, a lost task)."""
+    cutoff = timezone.now() - timedelta(minutes=5)
+    ids = list(
+        Attachment.objects.filter(
+            status=AttachmentStatus.READY,
+            processed_at__isnull=True,
+            content_type__startswith="image/",
+            completed_at__lt=cutoff,
+        ).values_list("pk", flat=True)[:batch]
+    )
+    for attachment_id in ids:
+        _enqueue_processing(attachment_id)
+    return len(ids)

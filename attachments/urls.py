@@ -1,0 +1,25 @@
+"""Attachment routes under /api/v1/ (DESIGN.md, "Attachments"), and the embedded default's
+signed file URLs under /files/ (``file_urlpatterns``: no bearer token, no API body cap)."""
+
+from django.urls import path
+
+from attachments import api, files
+
+urlpatterns = [
+    path(
+        "consultations/<int:consultation_id>/attachments",
+        api.ConsultationAttachmentsApi.as_view(),
+        name="consultation-attachments",
+    ),
+    path(
+        "attachments/<int:attachment_id>/complete",
+        api.AttachmentCompleteApi.as_view(),
+        name="attachment-complete",
+    ),
+    path("attachments/<int:attachment_id>", api.AttachmentDetailApi.as_view(), name="attachment"),
+]
+
+file_urlpatterns = [
+    path("upload/<str:token>", files.upload, name="attachments-file-upload"),
+    path("download/<str:token>", files.download, name="attachments-file-download"),
+]

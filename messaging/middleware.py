@@ -147,6 +147,10 @@ class ChatAuthMiddleware(BaseMiddleware):
             return await super().__call__(scope, receive, send)
         watch = _SessionWatch(session_group(session_key), receive, send)
         await watch.start()
+        # A logout between the cookie check and the watch joining its group sent its close
+        # to nobody: look at the session once more now that a close would arrive.
+        if not await database_sync_to_async(scope["session"].exists)(session_key):
+            scope["user"], scope["auth_error"] = AnonymousUser(), "no_credentials"
         try:
             return await super().__call__(scope, watch.receive, send)
         finally:

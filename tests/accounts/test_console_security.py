@@ -327,3 +327,33 @@ async def test_changing_ones_own_password_in_the_console_closes_ones_sockets(cha
     assert response.status_code == 302
     assert await staff_socket.closed_with() == 4401
     assert await patient_socket.nothing()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_logout_racing_with_the_socket_opening_still_closes_it(chat, sockets, monkeypatch):
+    from django.contrib.sessions.models import Session
+
+    from messaging import middleware
+
+    client = await db(console)(chat.staff)
+    name = settings.SESSION_COOKIE_NAME
+    key = client.cookies[name].value
+    real_start = middleware._SessionWatch.start
+
+    async def logout_lands_first(watch):
+        # The cookie was accepted; the logout (and its close, sent to nobody) happens now.
+        await db(client.post)("/admin/logout/")
+        assert not await db(Session.objects.filter(session_key=key).exists)()
+        await real_start(watch)
+
+    monkeypatch.setattr(middleware._SessionWatch, "start", logout_lands_first)
+    socket = await sockets(
+        ws_path(chat.consultation.pk),
+        [(b"cookie", f"{name}={key}".encode()), (b"origin", b"http://localhost:8000")],
+        connect=False,
+    )
+    connected, code = await socket.communicator.connect(timeout=5)
+    if connected:
+        assert await socket.closed_with() == 4401
+    else:
+        assert code == 4401

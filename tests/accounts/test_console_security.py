@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -93,6 +95,24 @@ def test_api_failures_lock_the_console_login(api, console_user):
     response, client = console_login(console_user.email, PASSWORD, ip="10.9.9.9")
     assert not logged_in(client)
     assert "Too many failed sign-in attempts" in response.content.decode()
+
+
+def test_console_login_fails_closed_with_a_clear_message_when_redis_is_down(console_user, settings):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.CACHES = {
+        **settings.CACHES,
+        "ratelimit": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        },
+    }
+    response, client = console_login(console_user.email, PASSWORD)
+    assert response.status_code == 200
+    assert not logged_in(client)
+    assert "temporarily unavailable" in response.content.decode()
 
 
 def test_console_per_ip_limit_across_accounts(console_user, settings):
@@ -347,13 +367,13 @@ async def test_a_logout_racing_with_the_socket_opening_still_closes_it(chat, soc
         await real_start(watch)
 
     monkeypatch.setattr(middleware._SessionWatch, "start", logout_lands_first)
-    socket = await sockets(
+    ws = await sockets(
         ws_path(chat.consultation.pk),
         [(b"cookie", f"{name}={key}".encode()), (b"origin", b"http://localhost:8000")],
         connect=False,
     )
-    connected, code = await socket.communicator.connect(timeout=5)
+    connected, code = await ws.communicator.connect(timeout=5)
     if connected:
-        assert await socket.closed_with() == 4401
+        assert await ws.closed_with() == 4401
     else:
         assert code == 4401

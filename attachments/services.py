@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import codecs
 import logging
+import re
 import secrets
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 
 import filetype
 from celery import signature
@@ -250,3 +252,28 @@ def attachments_process_pending_images(*, batch: int = 100) -> int:
     for attachment_id in ids:
         _enqueue_processing(attachment_id)
     return len(ids)
+
+
+ANONYMOUS_NAME = r"^attachment-[0-9]+(\.[A-Za-z0-9]+)?$"
+
+
+def attachments_forget_deleted_patients(*, batch: int = 500) -> int:
+    """After a patient's deletion (``accounts.services.patient_delete``): their uploads
+    still pending are removed, and the file names of the rest (which may name the person)
+    become ``attachment-<id>.<ext>``. The files themselves stay with the medical record,
+    like its entries (docs/adr/0006), visible to the treating clinic only."""
+    deleted = Attachment.objects.filter(patient__patient_profile__deleted_at__isnull=False)
+    store = get_store()
+    for attachment in deleted.filter(status=AttachmentStatus.PENDING).order_by("id")[:batch]:
+        if Attachment.objects.filter(pk=attachment.pk, status=AttachmentStatus.PENDING).delete()[0]:
+            store.delete(attachment.storage_key)
+    renamed = 0
+    named = deleted.exclude(filename__regex=ANONYMOUS_NAME).order_by("id")[:batch]
+    for attachment in named.only("pk", "filename"):
+        suffix = Path(attachment.filename).suffix.lower()
+        if not re.fullmatch(r"\.[a-z0-9]{1,10}", suffix):
+            suffix = ""
+        renamed += Attachment.objects.filter(pk=attachment.pk).update(
+            filename=f"attachment-{attachment.pk}{suffix}"
+        )
+    return renamed

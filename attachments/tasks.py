@@ -14,7 +14,9 @@ def process_image(attachment_id: int) -> bool:
 
 @medease_task(name="attachments.cleanup", queue="maintenance")
 def cleanup() -> int:
-    """Remove uploads never completed; re-enqueue images whose processing was lost."""
+    """Remove uploads never completed; re-enqueue images whose processing was lost; forget
+    the file names of deleted patients."""
     removed = services.attachments_remove_stale_pending()
     services.attachments_process_pending_images()
+    services.attachments_forget_deleted_patients()
     return removed

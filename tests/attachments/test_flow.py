@@ -432,3 +432,40 @@ def test_the_cleanup_job_is_on_the_beat_schedule():
     from workers.schedule import BEAT_SCHEDULE
 
     assert BEAT_SCHEDULE["attachments-cleanup"]["task"] == tasks.cleanup.name
+
+
+@pytest.mark.postgres
+def test_a_deleted_patients_files_lose_their_names_and_pending_uploads(
+    store_kind, clinic, token_client, transfer
+):
+    from accounts import services as account_services
+
+    api = token_client(clinic["patient"])
+    kept = upload_file(
+        api,
+        transfer,
+        clinic["consultation"],
+        filename="Jane Doe labs.PDF",
+        content_type="application/pdf",
+        body=PDF,
+    )
+    assert api.post(f"/api/v1/attachments/{kept['id']}/complete").status_code == 200
+    pending = upload_file(
+        api,
+        transfer,
+        clinic["consultation"],
+        filename="b.pdf",
+        content_type="application/pdf",
+        body=PDF,
+    )
+    pending_key = Attachment.objects.get(pk=pending["id"]).storage_key
+    account_services.patient_delete(patient=clinic["patient"])
+
+    tasks.cleanup()
+    tasks.cleanup()  # twice is harmless
+    assert not Attachment.objects.filter(pk=pending["id"]).exists()
+    assert get_store().size(pending_key) is None
+    # The file stays with the record, for the treating clinic, without the person's name.
+    detail = token_client(clinic["provider"]).get(f"/api/v1/attachments/{kept['id']}").json()
+    assert detail["filename"] == f"attachment-{kept['id']}.pdf"
+    assert transfer.get(detail["download_url"])[1] == PDF

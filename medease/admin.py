@@ -38,11 +38,11 @@ class AuditEventAdmin(OrganizationScopedAdmin):
 
     list_display = [
         "created_at",
-        "user",
+        "who",
         "action",
         "object_type",
         "object_id",
-        "patient",
+        "whose",
         "ip",
         "request_id",
     ]
@@ -52,6 +52,23 @@ class AuditEventAdmin(OrganizationScopedAdmin):
     date_hierarchy = "created_at"
     ordering = ["-id"]
     show_full_result_count = False  # COUNT(*) over an ever-growing table on every page
+
+    @staticmethod
+    def _person(event, field: str) -> str:
+        # The audit trail outlives the user row (ADR 0006): show the kept id when it is gone.
+        person_id = getattr(event, f"{field}_id")
+        if person_id is None:
+            return "-"
+        person = event._state.fields_cache.get(field)
+        return str(person) if person is not None else f"#{person_id} (deleted)"
+
+    @admin.display(description="user", ordering="user_id")
+    def who(self, event) -> str:
+        return self._person(event, "user")
+
+    @admin.display(description="patient", ordering="patient_id")
+    def whose(self, event) -> str:
+        return self._person(event, "patient")
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)

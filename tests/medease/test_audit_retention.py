@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.db import DatabaseError, connection, transaction
 from django.test import Client
+from django.utils.html import escape
 
 from accounts import services
 from accounts.models import PatientProfile, Role, User
@@ -60,6 +61,9 @@ def test_deleting_a_user_in_the_console_with_audit_rows(staff, patient):
     page = console.get("/admin/medease/auditevent/")
     assert page.status_code == 200
     assert page.context["cl"].result_count == 1
+    # The deleted user's kept id is shown, the patient (still there) by name.
+    assert f"#{staff.pk} (deleted)".encode() in page.content
+    assert escape(str(patient)).encode() in page.content
 
 
 def test_the_audit_log_stays_append_only(staff, patient):

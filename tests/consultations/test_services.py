@@ -275,8 +275,12 @@ def test_patient_cancel_cutoff(settings, patient, provider, make_slot, book):
     with pytest.raises(Conflict) as caught:
         services.consultation_cancel(consultation=consultation, actor=patient)
     assert caught.value.code == "cancellation_closed"
+    consultation.refresh_from_db()
+    assert consultation.status == ConsultationStatus.SCHEDULED
     # The clinic can still cancel.
     services.consultation_cancel(consultation=consultation, actor=provider)
+    consultation.refresh_from_db()
+    assert consultation.status == ConsultationStatus.CANCELLED
 
 
 def test_patient_cannot_cancel_after_the_start_by_default(patient, provider, make_slot, book):
@@ -291,7 +295,9 @@ def test_patient_cannot_cancel_after_the_start_by_default(patient, provider, mak
 def test_provider_may_start_early(patient, provider, make_slot, book):
     consultation = book(patient, make_slot(provider, hours=30))
     services.consultation_start(consultation=consultation, actor=provider)
-    assert consultation.status == ConsultationStatus.IN_PROGRESS
+    stored = Consultation.objects.get(pk=consultation.pk)
+    assert stored.status == ConsultationStatus.IN_PROGRESS
+    assert stored.started_at is not None and stored.started_at < stored.scheduled_start
 
 
 def test_no_show_only_after_the_start(patient, provider, make_slot, book):

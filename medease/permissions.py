@@ -23,6 +23,7 @@ STAFF_CONSOLE_PERMISSIONS: dict[str, set[str]] = {
         "view_consultation",
         "change_consultation",
         "view_queueentry",
+        "view_medicalrecordentry",
         "view_availability",
         "add_availability",
         "change_availability",

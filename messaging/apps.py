@@ -9,7 +9,13 @@ class MessagingConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_out
 
         from accounts.services import on_credentials_revoked
+        from consultations.selectors import unread_counter_register
+        from messaging.selectors import unread_counts_for
         from messaging.services import user_sockets_close
+
+        # Consultation bodies (lists, detail, dashboard) carry the caller's unread count; the
+        # clinic core asks through this registration, so consultations never imports messaging.
+        unread_counter_register(unread_counts_for)
 
         # Logout, password change, deactivation, a role or clinic change (API or console):
         # close the user's open sockets everywhere.

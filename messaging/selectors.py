@@ -10,7 +10,6 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import AuthToken, User
-from consultations import selectors as consultation_selectors
 from consultations.models import Consultation
 from consultations.selectors import consultation_get_for_user
 from medease import db as db_routing
@@ -105,12 +104,6 @@ def unread_counts_for(*, user: User, consultation_ids: Iterable[int]) -> dict[in
 def unread_count_for(*, user: User, consultation: Consultation) -> int:
     """Unread messages of one consultation for the user (one query)."""
     return unread_counts_for(user=user, consultation_ids=[consultation.pk]).get(consultation.pk, 0)
-
-
-# Consultation bodies (lists, detail, dashboard) carry the caller's unread count; the clinic
-# core asks through this registration, so consultations never imports messaging. Done on
-# import, and messaging's AppConfig.ready imports this module (through messaging.services).
-consultation_selectors.unread_counter_register(unread_counts_for)
 
 
 def chat_access(*, user_id: int, consultation_id: int) -> tuple[User, Consultation]:

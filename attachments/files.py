@@ -12,8 +12,15 @@ from django.http import FileResponse, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from attachments.storage import CHUNK, DOWNLOAD_SALT, UPLOAD_SALT, content_disposition, get_store
-from medease.exceptions import error_response
+from attachments.storage import (
+    CHUNK,
+    DOWNLOAD_SALT,
+    UPLOAD_SALT,
+    content_disposition,
+    get_store,
+    store_errors,
+)
+from medease.exceptions import ServiceUnavailable, error_response
 
 
 def _refused():
@@ -55,7 +62,11 @@ def upload(request, token: str):
                 return _too_large()
             buffer.write(chunk)
         buffer.seek(0)
-        get_store().save(grant["k"], buffer, content_type=grant["t"])
+        try:
+            with store_errors():
+                get_store().save(grant["k"], buffer, content_type=grant["t"])
+        except ServiceUnavailable as exc:
+            return error_response(503, exc.code, exc.message)
     return HttpResponse(status=200)
 
 
@@ -68,9 +79,14 @@ def download(request, token: str):
     except signing.BadSignature:
         return _refused()
     store = get_store()
-    if store.size(grant["k"]) is None:
-        return error_response(404, "not_found", "Not found.")
-    response = FileResponse(store.open(grant["k"]), content_type=grant["t"])
+    try:
+        with store_errors():
+            if store.size(grant["k"]) is None:
+                return error_response(404, "not_found", "Not found.")
+            handle = store.open(grant["k"])
+    except ServiceUnavailable as exc:
+        return error_response(503, exc.code, exc.message)
+    response = FileResponse(handle, content_type=grant["t"])
     response["Content-Disposition"] = content_disposition(grant["f"])
     response["Cache-Control"] = "private, no-store"
     return response

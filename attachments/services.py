@@ -20,7 +20,7 @@ from django.utils.module_loading import import_string
 
 from accounts.models import Organization, User
 from attachments.models import Attachment, AttachmentStatus
-from attachments.storage import get_store
+from attachments.storage import get_store, store_errors
 from consultations import lifecycle
 from consultations.models import Consultation
 from medease.exceptions import ApplicationError, Conflict, Forbidden, InvalidInput, NotFound
@@ -128,7 +128,8 @@ def _reject(*, attachment: Attachment, store, code: str, message: str) -> None:
     Attachment.objects.filter(pk=attachment.pk, status=AttachmentStatus.PENDING).update(
         status=AttachmentStatus.REJECTED, completed_at=timezone.now()
     )
-    store.delete(attachment.storage_key)
+    with store_errors():
+        store.delete(attachment.storage_key)
     raise InvalidInput(message, code=code)
 
 
@@ -143,10 +144,14 @@ def attachment_complete(*, attachment: Attachment, user: User) -> Attachment:
         raise Conflict("This upload was rejected; start a new one.", code="upload_rejected")
     store = get_store()
     # The store's answers (no transaction is held while it is asked).
-    stored_size = store.size(attachment.storage_key)
+    with store_errors():
+        stored_size = store.size(attachment.storage_key)
+        matches = stored_size == attachment.size and _content_matches(
+            attachment=attachment, store=store
+        )
     if stored_size is None:
         raise InvalidInput("Nothing was uploaded for this attachment.", code="upload_mismatch")
-    if stored_size != attachment.size or not _content_matches(attachment=attachment, store=store):
+    if not matches:
         _reject(
             attachment=attachment,
             store=store,
@@ -157,7 +162,8 @@ def attachment_complete(*, attachment: Attachment, user: User) -> Attachment:
             ),
         )
     scanner = import_string(settings.ATTACHMENT_SCANNER)
-    reason = scanner(attachment=attachment, chunks=store.iter_chunks(attachment.storage_key))
+    with store_errors():
+        reason = scanner(attachment=attachment, chunks=store.iter_chunks(attachment.storage_key))
     if reason:
         logger.warning("attachment %s refused by the scanner: %s", attachment.pk, reason)
         _reject(

@@ -14,7 +14,9 @@ filesystem the signed views stream them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 from collections.abc import Iterator
 from typing import IO
 
@@ -26,9 +28,25 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.urls import reverse
 
+from medease.exceptions import ServiceUnavailable
+
+logger = logging.getLogger("medease.attachments")
+
 CHUNK = 64 * 1024
 UPLOAD_SALT = "attachments.upload"
 DOWNLOAD_SALT = "attachments.download"
+
+
+@contextlib.contextmanager
+def store_errors():
+    """A store that cannot be reached (network, credentials, disk) is a 503, not a 500."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError, OSError) as exc:
+        logger.warning("attachment store error", exc_info=True)
+        raise ServiceUnavailable("File storage is unavailable. Try again shortly.") from exc
 
 
 class AttachmentStore:
@@ -166,6 +184,9 @@ def _build_s3(config: dict) -> S3Store:
         client_config=Config(
             s3={"addressing_style": "path"},
             signature_version="s3v4",
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"mode": "standard", "max_attempts": 3},
             # S3-compatible stores do not all know the newer default checksums.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",

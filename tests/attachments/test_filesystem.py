@@ -94,3 +94,25 @@ def test_a_storage_url_is_parsed():
         "secret_key": "SE/CRET",
         "region": "eu-west-1",
     }
+
+
+@pytest.mark.postgres
+def test_a_store_that_cannot_be_reached_is_a_503(clinic, token_client, settings):
+    from tests.attachments.conftest import _free_ports
+
+    (port,) = _free_ports(1)  # nobody listens there
+    settings.ATTACHMENT_STORAGE = {
+        "endpoint_url": f"http://127.0.0.1:{port}",
+        "bucket": "nowhere",
+        "access_key": "k",
+        "secret_key": "s",
+        "region": "us-east-1",
+    }
+    api = token_client(clinic["patient"])
+    created = create(
+        api, clinic["consultation"], filename="a.pdf", content_type="application/pdf", size=10
+    )
+    assert created.status_code == 201  # presigning needs no network
+    response = api.post(f"/api/v1/attachments/{created.json()['id']}/complete")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"

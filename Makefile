@@ -6,6 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 export PORT
+# Links in e-mails point at the web process. honcho gives each process its own PORT (the
+# worker's is not the web's), so the web's address is fixed here for all of them.
+SITE_URL ?= http://127.0.0.1:$(PORT)
+export SITE_URL
+# honcho SIGKILLs whatever still runs 5 s after Ctrl-C (a constant, no option). Each process
+# stops by itself within 10 s (docs/operations.md, "Stopping"), so allow that instead.
+HONCHO := $(BIN)/python -c 'import honcho.manager, honcho.command; \
+	honcho.manager.KILL_WAIT = 10; honcho.command.main()'
 
 .PHONY: run test lint format migrate seed bench clean install install-dev \
 	cluster cluster-stop cluster-status cluster-smoke
@@ -38,7 +46,7 @@ run: install
 	@echo "  Password     medease-demo-pass"
 	@echo "  Stop with Ctrl-C."
 	@echo ""
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start web worker beat
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(HONCHO) start web worker beat
 
 ## test: lint, migration check and the whole pytest suite
 test: install-dev

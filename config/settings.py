@@ -12,6 +12,7 @@ import secrets
 import zoneinfo
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -478,13 +479,41 @@ NOTIFICATION_REMINDERS_SECONDS = _positive_float("NOTIFICATION_REMINDERS_SECONDS
 NOTIFICATION_REMINDERS_BATCH = _positive_int("NOTIFICATION_REMINDERS_BATCH", 500)
 # At most one unread-messages email per consultation and participant in this window.
 NOTIFICATION_UNREAD_WINDOW_SECONDS = _positive_int("NOTIFICATION_UNREAD_WINDOW_SECONDS", 900)
-# Absolute base URL used in email links.
+# Absolute base URL of the web front end, for every link in e-mails and notifications. Set
+# it wherever links are rendered (the worker too): its own PORT is not the web's.
 SITE_URL = env.str("SITE_URL", default=f"http://127.0.0.1:{PORT}").rstrip("/")
+_site = urlsplit(SITE_URL)
+try:
+    _site_port_ok = _site.port is None or _site.port > 0
+except ValueError:
+    _site_port_ok = False
+if (
+    _site.scheme not in ("http", "https")
+    or not _site.hostname
+    or _site.path
+    or _site.query
+    or _site.fragment
+    or _site.username is not None
+    or not _site_port_ok
+):
+    raise ImproperlyConfigured(
+        "SITE_URL must be an http(s) URL with a host and no path, query or credentials, "
+        f"e.g. https://clinic.example.org, got {SITE_URL!r}."
+    )
 # Nothing is enqueued with a countdown longer than this (retries, deferred deliveries);
 # work due later is left to the sweeper. With a Redis broker an unacknowledged message is
 # redelivered after the visibility timeout, which must therefore exceed every countdown.
 CELERY_MAX_COUNTDOWN_SECONDS = _positive_float("CELERY_MAX_COUNTDOWN_SECONDS", 600.0)
 CELERY_BROKER_VISIBILITY_TIMEOUT = _positive_float("CELERY_BROKER_VISIBILITY_TIMEOUT", 7200.0)
+# On SIGTERM a worker lets running tasks finish for this long, then hands them back to the
+# broker; 0 hands them back at once. Keep it well under the supervisor's stop timeout
+# (`make run`: 10 s in all; systemd: TimeoutStopSec).
+CELERY_WORKER_SOFT_SHUTDOWN_SECONDS = env.float("CELERY_WORKER_SOFT_SHUTDOWN_SECONDS", default=2.0)
+if not 0 <= CELERY_WORKER_SOFT_SHUTDOWN_SECONDS <= 300:
+    raise ImproperlyConfigured(
+        "CELERY_WORKER_SOFT_SHUTDOWN_SECONDS must be between 0 and 300, got "
+        f"{CELERY_WORKER_SOFT_SHUTDOWN_SECONDS!r}."
+    )
 # Prefix for every broker key in Redis, to share one Redis database between deployments.
 CELERY_BROKER_KEY_PREFIX = env.str("CELERY_BROKER_KEY_PREFIX", default="")
 # One OpenAPI name for the notification kinds (the list and the preferences share them).

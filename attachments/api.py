@@ -7,6 +7,7 @@ out is an audit event.
 from __future__ import annotations
 
 from django.utils.cache import add_never_cache_headers
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -62,6 +63,7 @@ def attachment_body(request, attachment: Attachment) -> dict:
 
 
 class ConsultationAttachmentsApi(APIView):
+    @extend_schema(request=AttachmentCreateInput, responses={201: AttachmentCreatedOutput})
     def post(self, request, consultation_id: int):
         data = AttachmentCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -80,6 +82,7 @@ class ConsultationAttachmentsApi(APIView):
 
 
 class AttachmentCompleteApi(APIView):
+    @extend_schema(request=None, responses={200: AttachmentOutput})
     def post(self, request, attachment_id: int):
         attachment = selectors.attachment_get_for_user(
             user=request.user, attachment_id=attachment_id
@@ -89,6 +92,7 @@ class AttachmentCompleteApi(APIView):
 
 
 class AttachmentDetailApi(APIView):
+    @extend_schema(responses={200: AttachmentOutput})
     def get(self, request, attachment_id: int):
         attachment = selectors.attachment_get_for_user(
             user=request.user, attachment_id=attachment_id

@@ -1,4 +1,5 @@
-"""Top-level URLs: the versioned API, ops endpoints, OpenAPI docs and the staff console."""
+"""Top-level URLs: the landing page, the versioned API and its index, ops endpoints, OpenAPI
+docs and the staff console."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -20,6 +21,8 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("", ops.landing, name="landing"),
+    path("api/v1/", ops.api_index, name="api-index"),
     path("api/v1/", include(api_v1)),
     # Signed file URLs of the embedded storage (attachments/storage.py).
     path("files/", include(attachment_files)),

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from medease import context
-from medease.exceptions import error_body, error_response
+from medease.exceptions import error_body, error_response, json_not_found
 
 # A client may pass its own id (e.g. from a load balancer) if it looks sane.
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
@@ -156,3 +156,20 @@ async def _send_too_large(scope, send, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": content})
+
+
+class DebugNotFoundMiddleware:
+    """With DEBUG on, an unknown URL gets the production 404 (JSON under /api/).
+
+    Django's debug 404 lists every URL pattern and answers HTML where API clients expect
+    JSON; a 404 raised by a view (the path resolved) keeps Django's debug page.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if settings.DEBUG and response.status_code == 404 and request.resolver_match is None:
+            return json_not_found(request)
+        return response

@@ -1,4 +1,5 @@
-"""Operational endpoints: liveness, readiness and Prometheus metrics."""
+"""The landing page, the API's index, and the operational endpoints: liveness, readiness and
+Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import hmac
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_safe
 
 from medease import health, metrics
 from medease.exceptions import error_response
@@ -40,3 +44,46 @@ def metrics_view(request):
             return error_response(401, "not_authenticated", "A metrics token is required.")
     body, content_type = metrics.render_latest()
     return HttpResponse(body, content_type=content_type)
+
+
+@require_safe
+def landing(request):
+    """``/``: what this server is, with links to the console, the API docs and health."""
+    return render(request, "medease/landing.html")
+
+
+# The API's top-level resources: the index's key, and the URL name behind it.
+API_INDEX = {
+    "auth": {
+        "register": "auth-register",
+        "login": "auth-login",
+        "logout": "auth-logout",
+        "password": "auth-password",
+    },
+    "me": "me",
+    "providers": "providers",
+    "consultations": "consultations",
+    "dashboard": "dashboard",
+    "notifications": "notifications",
+    "notification-preferences": "notification-preferences",
+    "ws-ticket": "ws-ticket",
+    "schema": "schema",
+    "docs": "api-docs",
+}
+
+
+@csrf_exempt  # no session, no writes: a POST is answered 405 like any API route
+def api_index(request):
+    """``/api/v1/``: absolute links to the API's top-level resources; no sign-in needed."""
+    if request.method not in ("GET", "HEAD"):
+        message = f'Method "{request.method}" not allowed.'
+        response = error_response(405, "method_not_allowed", message)
+        response["Allow"] = "GET, HEAD"
+        return response
+
+    def links(names):
+        if isinstance(names, dict):
+            return {key: links(value) for key, value in names.items()}
+        return request.build_absolute_uri(reverse(names))
+
+    return JsonResponse({"name": "MedEase API", "version": "v1", "links": links(API_INDEX)})

@@ -7,6 +7,7 @@ import zoneinfo
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils.timezone import now
@@ -143,6 +144,10 @@ class User(AbstractBaseUser, PermissionsMixin):
         return super().has_module_perms(app_label)
 
 
+CONSULTATION_MINUTES_MIN = 1
+CONSULTATION_MINUTES_MAX = 480  # a working day
+
+
 class ProviderProfile(models.Model):
     """What patients see of a provider, and how long their consultations last."""
 
@@ -151,7 +156,34 @@ class ProviderProfile(models.Model):
     )
     specialty = models.CharField(max_length=120, db_index=True)
     bio = models.TextField(blank=True)
-    consultation_minutes = models.PositiveSmallIntegerField(default=30)
+    # Slots are stepped by this length: 0 would never advance, so the range is enforced by
+    # the field (forms), a check constraint (every other writer) and the slot generator.
+    consultation_minutes = models.PositiveSmallIntegerField(
+        default=30,
+        validators=[
+            MinValueValidator(CONSULTATION_MINUTES_MIN),
+            MaxValueValidator(CONSULTATION_MINUTES_MAX),
+        ],
+        help_text=(
+            f"Length of one consultation, {CONSULTATION_MINUTES_MIN} to "
+            f"{CONSULTATION_MINUTES_MAX} minutes."
+        ),
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(
+                    consultation_minutes__gte=CONSULTATION_MINUTES_MIN,
+                    consultation_minutes__lte=CONSULTATION_MINUTES_MAX,
+                ),
+                name="accounts_provider_minutes_range",
+                violation_error_message=(
+                    f"A consultation lasts {CONSULTATION_MINUTES_MIN} to "
+                    f"{CONSULTATION_MINUTES_MAX} minutes."
+                ),
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.user.full_name} ({self.specialty})"

@@ -105,7 +105,12 @@ def slot_times(
     minutes: int,
     not_before: datetime | None = None,
 ) -> Iterator[tuple[datetime, datetime]]:
-    """UTC (start, end) of every slot on ``days`` local dates from ``first_day``."""
+    """UTC (start, end) of every slot on ``days`` local dates from ``first_day``.
+
+    Raises ValueError for a non-positive ``minutes`` (the cursor would never advance).
+    """
+    if minutes <= 0:
+        raise ValueError(f"The consultation length must be positive, not {minutes} minutes.")
     windows = list(windows)
     exceptions = list(exceptions)
     step = timedelta(minutes=minutes)
@@ -119,7 +124,7 @@ def slot_times(
                 blocked = any(cursor < o_end and slot_end > o_start for o_start, o_end in off)
                 if not blocked and (not_before is None or cursor >= not_before):
                     yield cursor, slot_end
-                cursor = slot_end
+                cursor = slot_end  # step > 0, so every turn moves on
 
 
 def windows_overlap(windows: Iterable[Window]) -> list[tuple[Window, Window]]:

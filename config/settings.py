@@ -81,9 +81,6 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
-    # TOTP for clinicians; recovery codes are accounts' own device (hashed, docs/operations.md).
-    "django_otp",
-    "django_otp.plugins.otp_totp",
     "medease",
     "accounts",
     "consultations",
@@ -105,8 +102,6 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    # request.user.is_verified(): the console session passed the second factor.
-    "django_otp.middleware.OTPMiddleware",
     "medease.middleware.ConsoleTimezoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -290,9 +285,6 @@ RATE_LIMITS = {
     "booking_user": (env.str("RATE_BOOKING_USER", default="30/h"), True),
     "message_user": (env.str("RATE_MESSAGE_USER", default="20/10s"), True),
     "api_user": (env.str("RATE_API_USER", default="1200/m"), True),
-    # Wrong MFA codes per account (API and console share it), on top of django-otp's own
-    # exponential back-off per device.
-    "mfa_user": (env.str("RATE_MFA_USER", default="10/15m"), False),
 }
 
 # --- Authentication ----------------------------------------------------------------------
@@ -319,12 +311,6 @@ if TOKEN_CACHE_SECONDS < 0:
     raise ImproperlyConfigured("TOKEN_CACHE_SECONDS must be 0 or more.")
 # last_used_at is written at most this often per token, so reads stay reads.
 TOKEN_TOUCH_INTERVAL = timedelta(seconds=_positive_int("TOKEN_TOUCH_INTERVAL_SECONDS", 60))
-# Multi-factor authentication (accounts/mfa.py): the name authenticator apps show, how long
-# the password step's mfa_token (API) or pending console login lasts, and how many
-# single-use recovery codes a user gets.
-OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="MedEase")
-MFA_TOKEN_SECONDS = _positive_int("MFA_TOKEN_SECONDS", 300)
-MFA_RECOVERY_CODES = _positive_int("MFA_RECOVERY_CODES", 10)
 
 # --- Internationalization ----------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -373,8 +359,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["medease.parsers.JSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["medease.ratelimit.ApiUserThrottle"],
     "EXCEPTION_HANDLER": "medease.exceptions.api_exception_handler",
-    # Tags, paged lists and error answers of every operation: medease/schema.py.
-    "DEFAULT_SCHEMA_CLASS": "medease.schema.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "PAGE_SIZE": 20,
 }
@@ -391,10 +376,6 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "POSTPROCESSING_HOOKS": [
-        "drf_spectacular.hooks.postprocess_schema_enums",
-        "medease.schema.postprocess",
-    ],
 }
 # Largest request body accepted under /api/ (answered 413 above it).
 API_MAX_BODY_BYTES = _positive_int("API_MAX_BODY_BYTES", 1024 * 1024)

@@ -21,7 +21,7 @@ from django.utils import timezone
 from accounts import admin as accounts_admin
 from accounts.models import Organization, Role, User
 from consultations import selectors, services
-from consultations.audit import AuditAction, audit_consultations, audit_log
+from consultations.audit import AuditAction, audit_consultations, audit_objects
 from consultations.models import (
     Availability,
     AvailabilityException,
@@ -37,6 +37,31 @@ from medease.exceptions import ApplicationError
 
 def _viewer_tz(request) -> ZoneInfo:
     return ZoneInfo(getattr(request.user, "timezone", None) or "UTC")
+
+
+def _audit_changelist(request, response) -> None:
+    """A list page is a PHI read of every row it shows (whatever search or filter chose
+    them: a patient's name, e-mail, or words of a reason): one event per row, one INSERT."""
+    cl = getattr(response, "context_data", None) and response.context_data.get("cl")
+    if response.status_code == 200 and cl is not None:
+        # The page's own queryset: evaluated here, its cached rows are what the template shows.
+        audit_objects(request=request, action=AuditAction.READ, objects=cl.result_list)
+
+
+class AuditedReadAdmin(VisibleToAdmin):
+    """A console model of patient data: its list and its object pages are audited reads."""
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        _audit_changelist(request, response)
+        return _render_in(_viewer_tz(request), response)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        obj = self.get_object(request, object_id)
+        if obj is not None and response.status_code == 200:
+            audit_objects(request=request, action=AuditAction.READ, objects=[obj])
+        return _render_in(_viewer_tz(request), response)
 
 
 def _render_in(tz: ZoneInfo, response):
@@ -171,7 +196,7 @@ class ProviderFilter(admin.SimpleListFilter):
 
 
 @admin.register(Consultation)
-class ConsultationAdmin(VisibleToAdmin):
+class ConsultationAdmin(AuditedReadAdmin):
     list_display = [
         "id",
         "scheduled_start",
@@ -229,17 +254,7 @@ class ConsultationAdmin(VisibleToAdmin):
 
     def changelist_view(self, request, extra_context=None):
         extra_context = {**(extra_context or {}), "today_url": reverse("admin:consultations_today")}
-        response = super().changelist_view(request, extra_context)
-        return _render_in(_viewer_tz(request), response)
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        response = super().change_view(request, object_id, form_url, extra_context)
-        consultation = self.get_object(request, object_id)
-        if consultation is not None and response.status_code == 200:
-            audit_consultations(
-                request=request, action=AuditAction.READ, consultations=[consultation]
-            )
-        return _render_in(_viewer_tz(request), response)
+        return super().changelist_view(request, extra_context)
 
     def _run(self, request, queryset, action, done: str) -> None:
         changed, refused = [], []
@@ -318,8 +333,9 @@ class ConsultationAdmin(VisibleToAdmin):
                         "queue": [e for e in waiting if e.provider_id == provider.pk],
                     }
                 )
-            audit_consultations(
-                request=request, action=AuditAction.READ, consultations=day_consultations
+            # Both columns name patients: every row shown, in one INSERT.
+            audit_objects(
+                request=request, action=AuditAction.READ, objects=[*day_consultations, *waiting]
             )
         context = {
             **self.admin_site.each_context(request),
@@ -338,7 +354,7 @@ class ConsultationAdmin(VisibleToAdmin):
 
 
 @admin.register(QueueEntry)
-class QueueEntryAdmin(VisibleToAdmin):
+class QueueEntryAdmin(AuditedReadAdmin):
     """Read-only view of walk-in queues (patients join and leave through the API)."""
 
     list_display = ["id", "provider", "patient", "status", "joined_at", "called_at"]
@@ -358,7 +374,7 @@ class QueueEntryAdmin(VisibleToAdmin):
 
 
 @admin.register(MedicalRecordEntry)
-class MedicalRecordEntryAdmin(VisibleToAdmin):
+class MedicalRecordEntryAdmin(AuditedReadAdmin):
     """Read-only view of record entries: the clinic's staff read the entries written in their
     clinic for patients it treats (``MedicalRecordEntry.objects.visible_to``)."""
 
@@ -378,17 +394,3 @@ class MedicalRecordEntryAdmin(VisibleToAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # append-only
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        response = super().change_view(request, object_id, form_url, extra_context)
-        entry = self.get_object(request, object_id)
-        if entry is not None and response.status_code == 200:
-            audit_log(
-                request=request,
-                action=AuditAction.READ,
-                object_type="medical_record_entry",
-                object_ids=[entry.pk],
-                patient_id=entry.patient_id,
-                organization_id=entry.organization_id,
-            )
-        return _render_in(_viewer_tz(request), response)

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
-from medease.audit import audit_log, audit_log_rows
-from medease.models import AuditAction
+from django.db import models
 
-__all__ = ["AuditAction", "audit_consultations", "audit_log"]
+from medease.audit import audit_log, audit_log_rows
+from medease.context import current_request_id
+from medease.models import AuditAction, AuditEvent
+from medease.ratelimit import client_ip
+
+__all__ = [
+    "AuditAction",
+    "audit_consultations",
+    "audit_log",
+    "audit_objects",
+    "audit_queue_entries",
+]
+
+# The audit log's name for each clinic model that holds patient data.
+OBJECT_TYPES = {
+    "consultation": "consultation",
+    "queueentry": "queue_entry",
+    "medicalrecordentry": "medical_record_entry",
+}
 
 
 def audit_consultations(*, request, action: str, consultations: Iterable[dict | object]) -> None:
@@ -22,3 +40,44 @@ def audit_consultations(*, request, action: str, consultations: Iterable[dict | 
         for item in consultations
     ]
     audit_log_rows(request=request, action=action, object_type="consultation", rows=rows)
+
+
+def audit_queue_entries(*, request, action: str, entries: Iterable[object]) -> None:
+    """One event per walk-in queue entry (its reason is PHI), in one INSERT."""
+    rows = [(entry.pk, entry.patient_id, entry.organization_id) for entry in entries]
+    audit_log_rows(request=request, action=action, object_type="queue_entry", rows=rows)
+
+
+def _ip(request) -> str | None:
+    try:
+        return str(ipaddress.ip_address(client_ip(request)))
+    except ValueError:
+        return None
+
+
+def audit_objects(*, request, action: str, objects: Iterable[models.Model]) -> None:
+    """One event per object of several clinic models (a page showing consultations and queue
+    entries side by side), each with its own type, patient and clinic, in one INSERT.
+
+    ``medease.audit.audit_log_rows`` takes one object type per call, that is one INSERT per
+    type; this is its mixed-type variant until it accepts a type per row.
+    """
+    user = getattr(request, "user", None)
+    user_id = user.pk if user is not None and user.is_authenticated else None
+    ip = _ip(request)
+    request_id = current_request_id()
+    events = [
+        AuditEvent(
+            user_id=user_id,
+            ip=ip,
+            action=action,
+            object_type=OBJECT_TYPES[obj._meta.model_name],
+            object_id=str(obj.pk),
+            patient_id=obj.patient_id,
+            organization_id=obj.organization_id,
+            request_id=request_id if request_id != "-" else "",
+        )
+        for obj in objects
+    ]
+    if events:
+        AuditEvent.objects.bulk_create(events)

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from consultations import selectors, services
 from consultations.api._base import ClinicApiView, paginator_for, valid
-from consultations.audit import AuditAction, audit_log
+from consultations.audit import AuditAction, audit_log, audit_queue_entries
 from consultations.permissions import require_patient
 from consultations.serializers import ConsultationOutput, QueueEntryOutput, QueueJoinInput
 
@@ -33,6 +33,8 @@ class ProviderQueueApi(ClinicApiView):
     @extend_schema(responses={200: QueueEntryOutput(many=True)})
     def get(self, request, provider_id: int):
         provider = selectors.provider_get_managed(user=request.user, provider_id=provider_id)
+        # The reason the patient gives is PHI: its creation is audited.
+        audit_queue_entries(request=request, action=AuditAction.CREATE, entries=[entry])
         paginator = paginator_for(("joined_at", "id"))
         page = paginator.paginate_queryset(
             selectors.queue_waiting(provider_id=provider.pk), request, view=self
@@ -50,6 +52,8 @@ class ProviderQueueNextApi(ClinicApiView):
         provider = selectors.provider_get_managed(user=request.user, provider_id=provider_id)
         consultation = services.queue_call_next(provider=provider, actor=request.user)
         audit_log(
+        # Patients and their reasons: one event per entry shown, in one INSERT.
+        audit_queue_entries(request=request, action=AuditAction.READ, entries=page)
             request=request,
             action=AuditAction.CREATE,
             object_type="consultation",
@@ -74,3 +78,5 @@ class QueueEntryApi(ClinicApiView):
         entry = selectors.queue_entry_get_for_user(user=request.user, entry_id=entry_id)
         services.queue_leave(entry=entry, actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
+        audit_queue_entries(request=request, action=AuditAction.READ, entries=[entry])
+        audit_queue_entries(request=request, action=AuditAction.UPDATE, entries=[entry])

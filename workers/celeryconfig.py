@@ -65,11 +65,11 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 task_time_limit = 120
 task_soft_time_limit = 90
-# Stopping (SIGTERM, mapped to Celery's cold shutdown by REMAP_SIGTERM=SIGQUIT in the Procfile
-# and the unit files): running tasks get this long to finish, then they are cancelled and their
-# unacknowledged messages go back to the broker for the next worker (acks_late, idempotent
-# tasks). An idle worker stops at once: nothing to wait for, and reserved messages are
-# returned on close anyway.
+# Stopping (SIGTERM, mapped to Celery's cold shutdown by REMAP_SIGTERM=SIGQUIT in the
+# worker's environment: Procfile, docs/operations.md): running tasks get this long to finish,
+# then they are cancelled and their unacknowledged messages go back to the broker for the
+# next worker (acks_late, idempotent tasks). An idle worker stops at once: nothing to wait
+# for, and reserved messages are returned on close anyway.
 worker_soft_shutdown_timeout = settings.CELERY_WORKER_SOFT_SHUTDOWN_SECONDS
 worker_enable_soft_shutdown_on_idle = False
 broker_connection_retry_on_startup = True

@@ -24,6 +24,8 @@ class ProviderQueueApi(ClinicApiView):
         data = valid(QueueJoinInput, request.data)
         entry = services.queue_join(patient=request.user, provider=provider, reason=data["reason"])
         entry = selectors.queue_entry_get_for_user(user=request.user, entry_id=entry.pk)
+        # The reason the patient gives is PHI: its creation is audited.
+        audit_queue_entries(request=request, action=AuditAction.CREATE, entries=[entry])
         estimate = selectors.queue_wait_estimator(provider=provider)
         return Response(
             QueueEntryOutput(entry, context={"estimate": estimate}).data,
@@ -33,14 +35,14 @@ class ProviderQueueApi(ClinicApiView):
     @extend_schema(responses={200: QueueEntryOutput(many=True)})
     def get(self, request, provider_id: int):
         provider = selectors.provider_get_managed(user=request.user, provider_id=provider_id)
-        # The reason the patient gives is PHI: its creation is audited.
-        audit_queue_entries(request=request, action=AuditAction.CREATE, entries=[entry])
         paginator = paginator_for(("joined_at", "id"))
         page = paginator.paginate_queryset(
             selectors.queue_waiting(provider_id=provider.pk), request, view=self
         )
         estimate = selectors.queue_wait_estimator(provider=provider)
         data = QueueEntryOutput(page, many=True, context={"estimate": estimate}).data
+        # Patients and their reasons: one event per entry shown, in one INSERT.
+        audit_queue_entries(request=request, action=AuditAction.READ, entries=page)
         return paginator.get_paginated_response(data)
 
 
@@ -52,8 +54,6 @@ class ProviderQueueNextApi(ClinicApiView):
         provider = selectors.provider_get_managed(user=request.user, provider_id=provider_id)
         consultation = services.queue_call_next(provider=provider, actor=request.user)
         audit_log(
-        # Patients and their reasons: one event per entry shown, in one INSERT.
-        audit_queue_entries(request=request, action=AuditAction.READ, entries=page)
             request=request,
             action=AuditAction.CREATE,
             object_type="consultation",
@@ -71,12 +71,12 @@ class QueueEntryApi(ClinicApiView):
     def get(self, request, entry_id: int):
         entry = selectors.queue_entry_get_for_user(user=request.user, entry_id=entry_id)
         estimate = selectors.queue_wait_estimator(provider=entry.provider)
+        audit_queue_entries(request=request, action=AuditAction.READ, entries=[entry])
         return Response(QueueEntryOutput(entry, context={"estimate": estimate}).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request, entry_id: int):
         entry = selectors.queue_entry_get_for_user(user=request.user, entry_id=entry_id)
         services.queue_leave(entry=entry, actor=request.user)
-        return Response(status=status.HTTP_204_NO_CONTENT)
-        audit_queue_entries(request=request, action=AuditAction.READ, entries=[entry])
         audit_queue_entries(request=request, action=AuditAction.UPDATE, entries=[entry])
+        return Response(status=status.HTTP_204_NO_CONTENT)

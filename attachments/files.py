@@ -12,6 +12,7 @@ from django.http import FileResponse, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
+from attachments.selectors import attachment_pending
 from attachments.storage import (
     CHUNK,
     DOWNLOAD_SALT,
@@ -42,8 +43,9 @@ def upload(request, token: str):
         )
     except signing.BadSignature:  # SignatureExpired is a subclass
         return _refused()
-    # Like a presigned S3 PUT, the signed Content-Type is part of the grant.
-    if request.content_type != grant["t"]:
+    # Like a presigned S3 PUT, the signed Content-Type is part of the grant. Unlike one, the
+    # URL stops working once the upload was completed or removed.
+    if request.content_type != grant["t"] or not attachment_pending(grant["k"]):
         return _refused()
     limit = settings.ATTACHMENT_MAX_BYTES
     try:

@@ -28,6 +28,7 @@ from medease.exceptions import ApplicationError, Conflict, Forbidden, InvalidInp
 logger = logging.getLogger("medease.attachments")
 
 PROCESS_IMAGE_TASK = "attachments.process_image"
+UPLOAD_PREFIX, FINAL_PREFIX = "uploads/", "attachments/"
 # filetype needs the first 261 bytes; a little more costs nothing.
 SNIFF_BYTES = 8192
 
@@ -44,9 +45,14 @@ class UnsupportedType(ApplicationError):
 
 def _new_key(organization_id: int) -> str:
     # Grouped by clinic and month (lifecycle rules, backups, per-clinic export); the name
-    # itself is random so the object key reveals nothing about the file.
+    # itself is random so the object key reveals nothing about the file. Clients write only
+    # under uploads/; completion moves the object under attachments/ (``_final_key``).
     today = timezone.now()
-    return f"attachments/{organization_id}/{today:%Y/%m}/{secrets.token_urlsafe(24)}"
+    return f"{UPLOAD_PREFIX}{organization_id}/{today:%Y/%m}/{secrets.token_urlsafe(24)}"
+
+
+def _final_key(upload_key: str) -> str:
+    return FINAL_PREFIX + upload_key.removeprefix(UPLOAD_PREFIX)
 
 
 def _check_limits(*, content_type: str, size: int) -> None:
@@ -116,11 +122,11 @@ def _is_utf8_text(chunks) -> bool:
     return True
 
 
-def _content_matches(*, attachment: Attachment, store) -> bool:
-    if attachment.content_type == "text/plain":
-        return _is_utf8_text(store.iter_chunks(attachment.storage_key))
-    kind = filetype.guess(store.read_head(attachment.storage_key, SNIFF_BYTES))
-    return kind is not None and kind.mime == attachment.content_type
+def _content_matches(*, key: str, content_type: str, store) -> bool:
+    if content_type == "text/plain":
+        return _is_utf8_text(store.iter_chunks(key))
+    kind = filetype.guess(store.read_head(key, SNIFF_BYTES))
+    return kind is not None and kind.mime == content_type
 
 
 def _reject(*, attachment: Attachment, store, code: str, message: str) -> None:
@@ -129,6 +135,7 @@ def _reject(*, attachment: Attachment, store, code: str, message: str) -> None:
         status=AttachmentStatus.REJECTED, completed_at=timezone.now()
     )
     with store_errors():
+        store.delete(_final_key(attachment.storage_key))
         store.delete(attachment.storage_key)
     raise InvalidInput(message, code=code)
 
@@ -143,11 +150,16 @@ def attachment_complete(*, attachment: Attachment, user: User) -> Attachment:
     if attachment.status != AttachmentStatus.PENDING:
         raise Conflict("This upload was rejected; start a new one.", code="upload_rejected")
     store = get_store()
-    # The store's answers (no transaction is held while it is asked).
+    key = _final_key(attachment.storage_key)
+    # The store's answers (no transaction is held while it is asked). The object is moved
+    # out of the client's reach first: its upload URL stays valid for minutes, and what is
+    # checked must be what is kept.
     with store_errors():
-        stored_size = store.size(attachment.storage_key)
+        if store.size(attachment.storage_key) is not None:
+            store.move(attachment.storage_key, key)
+        stored_size = store.size(key)
         matches = stored_size == attachment.size and _content_matches(
-            attachment=attachment, store=store
+            key=key, content_type=attachment.content_type, store=store
         )
     if stored_size is None:
         raise InvalidInput("Nothing was uploaded for this attachment.", code="upload_mismatch")
@@ -163,7 +175,7 @@ def attachment_complete(*, attachment: Attachment, user: User) -> Attachment:
         )
     scanner = import_string(settings.ATTACHMENT_SCANNER)
     with store_errors():
-        reason = scanner(attachment=attachment, chunks=store.iter_chunks(attachment.storage_key))
+        reason = scanner(attachment=attachment, chunks=store.iter_chunks(key))
     if reason:
         logger.warning("attachment %s refused by the scanner: %s", attachment.pk, reason)
         _reject(
@@ -175,7 +187,7 @@ def attachment_complete(*, attachment: Attachment, user: User) -> Attachment:
     with transaction.atomic():
         changed = Attachment.objects.filter(
             pk=attachment.pk, status=AttachmentStatus.PENDING
-        ).update(status=AttachmentStatus.READY, completed_at=timezone.now())
+        ).update(status=AttachmentStatus.READY, completed_at=timezone.now(), storage_key=key)
         if changed and attachment.is_image:
             transaction.on_commit(partial(_enqueue_processing, attachment.pk), robust=True)
     current = Attachment.objects.filter(pk=attachment.pk).first()
@@ -240,6 +252,7 @@ def attachments_remove_stale_pending(*, batch: int = 500) -> int:
         ).delete()[0]
         if deleted:
             store.delete(attachment.storage_key)
+            store.delete(_final_key(attachment.storage_key))  # a completion that died midway
             removed += 1
     return removed
 
@@ -273,6 +286,7 @@ def attachments_forget_deleted_patients(*, batch: int = 500) -> int:
     for attachment in deleted.filter(status=AttachmentStatus.PENDING).order_by("id")[:batch]:
         if Attachment.objects.filter(pk=attachment.pk, status=AttachmentStatus.PENDING).delete()[0]:
             store.delete(attachment.storage_key)
+            store.delete(_final_key(attachment.storage_key))
     renamed = 0
     named = deleted.exclude(filename__regex=ANONYMOUS_NAME).order_by("id")[:batch]
     for attachment in named.only("pk", "filename"):

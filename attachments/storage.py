@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO
 
 from django.conf import settings
@@ -90,6 +92,9 @@ class AttachmentStore:
         if key:
             self.storage.delete(key)
 
+    def move(self, source: str, target: str) -> None:
+        raise NotImplementedError
+
 
 class FileSystemStore(AttachmentStore):
     """Files under ``ATTACHMENT_DIR``; URLs signed by MedEase (served by ``attachments.files``)."""
@@ -101,6 +106,11 @@ class FileSystemStore(AttachmentStore):
             "method": "PUT",
             "headers": {"Content-Type": content_type},
         }
+
+    def move(self, source: str, target: str) -> None:
+        destination = Path(self.storage.path(target))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.storage.path(source), destination)
 
     def download_url(self, *, key: str, filename: str, content_type: str) -> str:
         token = signing.dumps({"k": key, "t": content_type, "f": filename}, salt=DOWNLOAD_SALT)
@@ -145,6 +155,18 @@ class S3Store(AttachmentStore):
             if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
                 return None
             raise
+
+    def move(self, source: str, target: str) -> None:
+        # A server-side copy: the bytes do not pass through this process.
+        bucket = self.storage.bucket_name
+        self._client.copy_object(
+            Bucket=bucket,
+            Key=target,
+            CopySource={"Bucket": bucket, "Key": source},
+            ACL="private",
+            MetadataDirective="COPY",
+        )
+        self._client.delete_object(Bucket=bucket, Key=source)
 
     def read_head(self, key: str, length: int) -> bytes:
         # A ranged GET: checking the type must not pull a 20 MiB object through the web node.

@@ -12,7 +12,7 @@ import time_machine
 from django.utils import timezone
 from PIL import Image
 
-from attachments import tasks
+from attachments import services, tasks
 from attachments.models import Attachment, AttachmentStatus
 from attachments.storage import get_store
 from consultations import services as consultation_services
@@ -43,6 +43,12 @@ def upload_file(client, transfer, consultation, *, filename, content_type, body,
     created = response.json()
     assert transfer.put(created["upload"], body) == 200
     return created
+
+
+def assert_no_object(attachment) -> None:
+    """Neither the upload's object nor the one completion moves it to exists."""
+    for key in (attachment.storage_key, services._final_key(attachment.storage_key)):
+        assert get_store().size(key) is None, key
 
 
 def attachment_audits(attachment_id) -> int:
@@ -129,7 +135,7 @@ def test_declared_png_with_text_bytes_is_a_mismatch_and_the_object_is_gone(
     response = api.post(f"/api/v1/attachments/{created['id']}/complete")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "upload_mismatch"
-    assert get_store().size(attachment.storage_key) is None
+    assert_no_object(attachment)
     attachment.refresh_from_db()
     assert attachment.status == AttachmentStatus.REJECTED
     # Completing again does not resurrect it.
@@ -152,8 +158,7 @@ def test_more_bytes_than_declared_is_a_mismatch(store_kind, clinic, token_client
     response = api.post(f"/api/v1/attachments/{created['id']}/complete")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "upload_mismatch"
-    key = Attachment.objects.get(pk=created["id"]).storage_key
-    assert get_store().size(key) is None
+    assert_no_object(Attachment.objects.get(pk=created["id"]))
 
 
 @pytest.mark.postgres
@@ -249,6 +254,29 @@ def test_tampered_urls_are_refused_by_the_store(store_kind, clinic, token_client
     status, _, _ = transfer.get(_tamper(ready["download_url"]))
     assert status == 403
     assert transfer.get(ready["download_url"])[0] == 200
+
+
+@pytest.mark.postgres
+def test_the_upload_url_cannot_change_a_completed_file(store_kind, clinic, token_client, transfer):
+    api = token_client(clinic["patient"])
+    created = upload_file(
+        api,
+        transfer,
+        clinic["consultation"],
+        filename="a.pdf",
+        content_type="application/pdf",
+        body=PDF,
+    )
+    attachment = Attachment.objects.get(pk=created["id"])
+    assert attachment.storage_key.startswith("uploads/")
+    ready = api.post(f"/api/v1/attachments/{created['id']}/complete").json()
+    attachment.refresh_from_db()
+    assert attachment.storage_key.startswith("attachments/")
+    # The upload URL is still within its expiry: MedEase's own refuses it now; a presigned
+    # S3 PUT writes under uploads/, which nothing reads (a bucket rule expires it).
+    status = transfer.put(created["upload"], b"%PDF-1.4 something else entirely")
+    assert status == (403 if store_kind == "filesystem" else 200)
+    assert transfer.get(ready["download_url"])[1] == PDF
 
 
 @pytest.mark.postgres

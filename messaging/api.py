@@ -16,9 +16,9 @@ from rest_framework.views import APIView
 from consultations.selectors import consultation_get_for_user
 from medease import db as db_routing
 from medease import ratelimit
-from medease.audit import AuditAction, audit_log
 from medease.pagination import MAX_PAGE_SIZE
 from messaging import selectors, services
+from messaging.audit import audit_chat_read, audit_message_created
 from messaging.serializers import (
     HistoryInput,
     HistoryOutput,
@@ -78,14 +78,7 @@ class ConsultationMessagesApi(APIView):
                 page, more = selectors.messages_page(
                     consultation_id=consultation.pk, limit=limit, after=after, before=before
                 )
-        audit_log(
-            request=request,
-            action=AuditAction.READ,
-            object_type=selectors.HISTORY_AUDIT_TYPE,
-            object_ids=[consultation.pk],
-            patient_id=consultation.patient_id,
-            organization_id=consultation.organization_id,
-        )
+        audit_chat_read(request=request, consultation=consultation)
         body = {
             "results": MessageOutput(page, many=True).data,
             "next": _next_url(request, page=page, more=more, forward=after is not None),
@@ -103,6 +96,8 @@ class ConsultationMessagesApi(APIView):
             body=data["body"],
             client_id=data["client_id"],
         )
+        if created:
+            audit_message_created(request=request, consultation=consultation, message=message)
         return Response(
             MessageOutput(message).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,

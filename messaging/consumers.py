@@ -19,7 +19,9 @@ import functools
 import json
 import logging
 import math
+import re
 import time
+import uuid
 from collections import OrderedDict, deque
 from urllib.parse import parse_qs
 
@@ -32,7 +34,6 @@ from django.contrib.auth.models import AnonymousUser
 from consultations.selectors import consultation_get_for_user
 from medease import db as db_routing
 from medease import ratelimit
-from medease.audit import AuditAction, audit_log
 from medease.exceptions import (
     ApplicationError,
     Conflict,
@@ -44,6 +45,7 @@ from medease.exceptions import (
 )
 from medease.parsers import MAX_DEPTH, nested_deeper_than
 from messaging import events, permissions, presence, selectors, services
+from messaging.audit import audit_chat_read, audit_message_created
 from messaging.scope import ScopeRequest
 from messaging.serializers import MAX_ID, MessageSendInput, message_payload
 
@@ -58,6 +60,8 @@ REPLAY_BATCH = 200
 # Message ids this socket has delivered, to drop the channel-layer copy of a message the
 # socket already sent (its own acknowledgement, or one replayed while it was in flight).
 RECENT_IDS = 4096
+# The HTTP middleware's rule for a client-given request id (medease.middleware).
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
 
 
 def _db(func):
@@ -88,8 +92,12 @@ def _authorize(user, consultation_id: int):
 
 
 @_db
-def _load_consultation(user, consultation_id: int):
-    return consultation_get_for_user(user=user, consultation_id=consultation_id)
+def _open_chat(request, consultation_id: int):
+    """The consultation, if the user may see it; the socket's one audit event is written
+    before any message reaches it (it covers the replay and everything streamed live)."""
+    consultation = consultation_get_for_user(user=request.user, consultation_id=consultation_id)
+    audit_chat_read(request=request, consultation=consultation)
+    return consultation
 
 
 @_db
@@ -102,9 +110,11 @@ def _send(request, consultation_id: int, body, client_id) -> dict:
     user, consultation = _authorize(request.user, consultation_id)
     # The per-user send budget shared with the REST send, across nodes.
     ratelimit.hit(request, name="message_user", key=ratelimit.by_user)
-    message, _ = services.message_send(
+    message, created = services.message_send(
         consultation=consultation, sender=user, body=body, client_id=client_id
     )
+    if created:
+        audit_message_created(request=request, consultation=consultation, message=message)
     return message_payload(message)
 
 
@@ -122,16 +132,14 @@ def _replay_batch(consultation_id: int, after: int) -> tuple[list[dict], bool]:
     return [message_payload(message) for message in page], more
 
 
-@_db
-def _audit_replay(request, consultation) -> None:
-    audit_log(
-        request=request,
-        action=AuditAction.READ,
-        object_type=selectors.HISTORY_AUDIT_TYPE,
-        object_ids=[consultation.pk],
-        patient_id=consultation.patient_id,
-        organization_id=consultation.organization_id,
-    )
+def _connection_id(scope) -> str:
+    """The handshake's sane ``X-Request-ID`` (a proxy's), else a fresh one."""
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"x-request-id":
+            incoming = value.decode("latin-1")
+            if _REQUEST_ID_RE.match(incoming):
+                return incoming
+    return uuid.uuid4().hex
 
 
 def _is_transport_error(exc: BaseException) -> bool:
@@ -203,6 +211,8 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         self.inbound: deque[float] = deque()
         self.last_typing = float("-inf")
         self.request = ScopeRequest(self.scope, self.user)
+        # This socket's audit events share one id, as an HTTP request's do.
+        self.request.request_id = _connection_id(self.scope)
 
         auth_error = self.scope.get("auth_error")
         if auth_error == "unavailable":
@@ -215,7 +225,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         except InvalidInput:
             return await self._refuse(CLOSE_BAD_REQUEST)
         try:
-            self.consultation = await _load_consultation(self.user, self.consultation_id)
+            self.consultation = await _open_chat(self.request, self.consultation_id)
         except NotFound:
             return await self._refuse(CLOSE_FORBIDDEN)
 
@@ -285,17 +295,14 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
     # --- Replay and presence ---------------------------------------------------------
 
     async def _replay(self, after: int) -> None:
-        cursor, total = after, 0
+        cursor = after
         while True:
             payloads, more = await _replay_batch(self.consultation_id, cursor)
             for payload in payloads:
                 await self._deliver(payload)
-            total += len(payloads)
             if not more or not payloads:
                 break
             cursor = payloads[-1]["id"]
-        if total:
-            await _audit_replay(self.request, self.consultation)
 
     async def _presence_join(self) -> None:
         try:

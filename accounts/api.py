@@ -20,6 +20,7 @@ from accounts.serializers import (
 from medease import ratelimit
 from medease.audit import AuditAction, audit_log
 from medease.exceptions import InvalidInput, NotAuthenticated
+from medease.schema import error
 
 
 class RegisterApi(APIView):
@@ -28,7 +29,11 @@ class RegisterApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    @extend_schema(request=RegisterInput, responses={201: UserOutput})
+    @extend_schema(
+        summary="Sign up as a patient",
+        request=RegisterInput,
+        responses={201: UserOutput, **error(409, "email_taken"), **error(429), **error(503)},
+    )
     def post(self, request):
         ratelimit.hit(request, name="register_ip", key=ratelimit.by_ip)
         data = RegisterInput(data=request.data)
@@ -48,7 +53,16 @@ class LoginApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    @extend_schema(request=LoginInput, responses={200: LoginOutput})
+    @extend_schema(
+        summary="Log in: email and password for a bearer token",
+        request=LoginInput,
+        responses={
+            200: LoginOutput,
+            **error(401, description="Wrong email or password: `invalid_credentials`."),
+            **error(429),
+            **error(503),
+        },
+    )
     def post(self, request):
         data = LoginInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -77,7 +91,7 @@ class LoginApi(APIView):
 class LogoutApi(APIView):
     """Revoke the token this request was made with."""
 
-    @extend_schema(request=None, responses={204: None})
+    @extend_schema(summary="Log out: revoke this token", request=None, responses={204: None})
     def post(self, request):
         services.token_revoke(token=request.auth)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -86,7 +100,11 @@ class LogoutApi(APIView):
 class PasswordChangeApi(APIView):
     """Change the caller's password; every token of theirs is revoked (sign in again)."""
 
-    @extend_schema(request=PasswordChangeInput, responses={204: None})
+    @extend_schema(
+        summary="Change the password (every token is revoked)",
+        request=PasswordChangeInput,
+        responses={204: None, **error(503)},
+    )
     def post(self, request):
         data = PasswordChangeInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -108,7 +126,7 @@ class PasswordChangeApi(APIView):
 class MeApi(APIView):
     """The caller's own profile."""
 
-    @extend_schema(responses={200: UserOutput})
+    @extend_schema(summary="Read my profile", responses={200: UserOutput})
     def get(self, request):
         if request.user.is_patient:
             # A patient's own profile is PHI too; the audit trail covers every reader.
@@ -121,7 +139,7 @@ class MeApi(APIView):
             )
         return Response(UserOutput(request.user).data)
 
-    @extend_schema(request=MeUpdateInput, responses={200: UserOutput})
+    @extend_schema(summary="Update my profile", request=MeUpdateInput, responses={200: UserOutput})
     def patch(self, request):
         data = MeUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)

@@ -359,7 +359,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["medease.parsers.JSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["medease.ratelimit.ApiUserThrottle"],
     "EXCEPTION_HANDLER": "medease.exceptions.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Tags, paged lists and error answers of every operation: medease/schema.py.
+    "DEFAULT_SCHEMA_CLASS": "medease.schema.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "PAGE_SIZE": 20,
 }
@@ -376,6 +377,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "medease.schema.postprocess",
+    ],
 }
 # Largest request body accepted under /api/ (answered 413 above it).
 API_MAX_BODY_BYTES = _positive_int("API_MAX_BODY_BYTES", 1024 * 1024)

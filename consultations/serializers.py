@@ -85,6 +85,7 @@ class ConsultationOutput(serializers.ModelSerializer):
     ``provider_notes`` is shown to clinicians only (``context["clinician"]``).
     """
 
+    schema_optional_fields = ("provider_notes",)  # medease/schema.py
     patient_name = serializers.CharField(source="patient.full_name")
     provider_name = serializers.CharField(source="provider.full_name")
     kind = ConsultationKindField(read_only=True)

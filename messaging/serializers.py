@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from messaging.models import MAX_BODY_LENGTH, MAX_CLIENT_ID_LENGTH, Message
@@ -44,6 +45,28 @@ class MessageSendInput(serializers.Serializer):
         allow_blank=True, trim_whitespace=False, max_length=MAX_BODY_LENGTH * 4
     )
     client_id = serializers.CharField(max_length=MAX_CLIENT_ID_LENGTH * 4)
+
+
+# Control characters (C0, DEL, C1): not printable.
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+
+
+@extend_schema_serializer(component_name="MessageSend")
+class MessageSendRequest(serializers.Serializer):
+    """The request as documented (OpenAPI only): the rules ``services.message_send``
+    applies, where MessageSendInput only bounds the input."""
+
+    body = serializers.RegexField(
+        r"^[^\x00]*[^\s\x00][^\x00]*$",
+        max_length=MAX_BODY_LENGTH,
+        help_text=f"1 to {MAX_BODY_LENGTH} characters, not blank.",
+    )
+    client_id = serializers.RegexField(
+        rf"^[^\s{_CONTROL}]([^{_CONTROL}]*[^\s{_CONTROL}])?$",
+        max_length=MAX_CLIENT_ID_LENGTH,
+        help_text=f"1 to {MAX_CLIENT_ID_LENGTH} printable characters, chosen by the client, "
+        "unique per sender; no space at either end.",
+    )
 
 
 # Ids are bigint: anything larger would reach the database as an out-of-range error.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,6 +20,7 @@ class NotificationPagination(CursorPagination):
     ordering = "-id"
 
 
+@extend_schema_view(get=extend_schema(summary="List my notifications"))
 class NotificationListApi(ListAPIView):
     """The caller's own notifications, newest first."""
 
@@ -33,13 +34,18 @@ class NotificationListApi(ListAPIView):
 class NotificationPreferenceApi(APIView):
     """Which kinds the caller receives, and their quiet hours (local times, their timezone)."""
 
-    @extend_schema(responses={200: NotificationPreferenceOutput})
+    @extend_schema(
+        summary="Read my notification preferences",
+        responses={200: NotificationPreferenceOutput},
+    )
     def get(self, request):
         preference = selectors.notification_preference_for_user(user=request.user)
         return Response(NotificationPreferenceOutput(preference).data)
 
     @extend_schema(
-        request=NotificationPreferenceInput, responses={200: NotificationPreferenceOutput}
+        summary="Update my notification preferences",
+        request=NotificationPreferenceInput,
+        responses={200: NotificationPreferenceOutput},
     )
     def put(self, request):
         data = NotificationPreferenceInput(data=request.data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 
 from accounts.models import Role
 from consultations import selectors, services
@@ -23,16 +23,20 @@ from consultations.serializers import (
 )
 from medease import ratelimit
 from medease.exceptions import InvalidInput
+from medease.schema import AutoSchema, error
 
 CONSULTATION_ORDERING = ("scheduled_start", "id")
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+_BOOKING_CONFLICTS = ("slot_taken", "slot_unavailable", "provider_busy", "idempotency_key_reused")
 
 
 class ConsultationsApi(ClinicApiView):
     """GET: the caller's consultations by scheduled start. POST: a patient books a slot."""
 
     @extend_schema(
-        parameters=[ConsultationListInput], responses={200: ConsultationOutput(many=True)}
+        summary="List my consultations",
+        parameters=[ConsultationListInput],
+        responses={200: ConsultationOutput(many=True)},
     )
     def get(self, request):
         params = valid(ConsultationListInput, request.query_params)
@@ -48,9 +52,15 @@ class ConsultationsApi(ClinicApiView):
         return paginator.get_paginated_response(data)
 
     @extend_schema(
+        summary="Book a slot (patients)",
         request=BookInput,
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
-        responses={201: ConsultationOutput, 200: ConsultationOutput},
+        responses={
+            201: ConsultationOutput,
+            200: OpenApiResponse(ConsultationOutput, description="A repeated Idempotency-Key."),
+            **error(403, "forbidden"),
+            **error(409, *_BOOKING_CONFLICTS),
+        },
     )
     def post(self, request):
         require_patient(request.user, action="book consultations")
@@ -80,7 +90,7 @@ class ConsultationsApi(ClinicApiView):
 class ConsultationDetailApi(ClinicApiView):
     """One consultation, with the caller's ``unread_count``."""
 
-    @extend_schema(responses={200: ConsultationOutput})
+    @extend_schema(summary="Read a consultation", responses={200: ConsultationOutput})
     def get(self, request, consultation_id: int):
         consultation = selectors.consultation_get_for_user(
             user=request.user, consultation_id=consultation_id
@@ -101,13 +111,36 @@ _NOTE_INPUTS = {
 }
 
 
+class _TransitionSchema(AutoSchema):
+    """Each action's route documents its own body (the note it reads, or none) and conflicts."""
+
+    def get_summary(self):
+        action = self.view.transition.action
+        if action == "no_show":
+            return "Mark a consultation as a no-show"
+        return f"{action.capitalize()} a consultation"
+
+    def get_request_serializer(self):
+        note_field = self.view.transition.note_field
+        return _NOTE_INPUTS[note_field][0] if note_field else None
+
+    def get_response_serializers(self):
+        transition = self.view.transition
+        conflicts = ["invalid_transition"]
+        if transition.patient_cutoff:
+            conflicts.append("cancellation_closed")
+        if transition.after_start:
+            conflicts.append("too_early")
+        return {200: ConsultationOutput, **error(403, "forbidden"), **error(409, *conflicts)}
+
+
 class ConsultationTransitionApi(ClinicApiView):
     """POST ``consultations/{id}/<path>`` for each action of the lifecycle table with an
     endpoint (cancel, start, complete, no-show): 200 with the consultation, 409 if invalid."""
 
     transition: Transition | None = None
+    schema = _TransitionSchema()
 
-    @extend_schema(request=CompleteInput, responses={200: ConsultationOutput})
     def post(self, request, consultation_id: int):
         consultation = selectors.consultation_get_for_user(
             user=request.user, consultation_id=consultation_id
@@ -129,7 +162,20 @@ class ConsultationTransitionApi(ClinicApiView):
 class ConsultationRescheduleApi(ClinicApiView):
     """POST ``{slot}``: cancel and re-book in one transaction → 201 with the new consultation."""
 
-    @extend_schema(request=RescheduleInput, responses={201: ConsultationOutput})
+    @extend_schema(
+        summary="Reschedule: cancel and book another slot of the same provider",
+        request=RescheduleInput,
+        responses={
+            201: ConsultationOutput,
+            **error(403, "forbidden"),
+            **error(
+                409,
+                "invalid_transition",
+                "cancellation_closed",
+                *_BOOKING_CONFLICTS[:3],  # no Idempotency-Key here
+            ),
+        },
+    )
     def post(self, request, consultation_id: int):
         consultation = selectors.consultation_get_for_user(
             user=request.user, consultation_id=consultation_id

@@ -16,6 +16,7 @@ class DashboardApi(ClinicApiView):
     in their timezone, counts by status, queue length. Staff: the clinic's day."""
 
     @extend_schema(
+        summary="My dashboard",
         responses={200: OpenApiTypes.OBJECT},
         description=(
             "Shape by role. Patient: {role, upcoming: [consultation], queue: [queue entry], "

@@ -27,7 +27,11 @@ from medease.exceptions import InvalidInput
 class ProvidersApi(ClinicApiView):
     """Active providers of every clinic, by id; filter by specialty and organization."""
 
-    @extend_schema(parameters=[ProviderListInput], responses={200: ProviderOutput(many=True)})
+    @extend_schema(
+        summary="List providers",
+        parameters=[ProviderListInput],
+        responses={200: ProviderOutput(many=True)},
+    )
     def get(self, request):
         params = valid(ProviderListInput, request.query_params)
 
@@ -79,6 +83,7 @@ class ProviderSlotsApi(ClinicApiView):
     """
 
     @extend_schema(
+        summary="List a provider's open slots",
         parameters=[
             OpenApiParameter("start", str, description="ISO date or datetime (default now)"),
             OpenApiParameter("end", str, description="ISO date or datetime (default +7 days)"),
@@ -146,12 +151,16 @@ class ProviderAvailabilityApi(ClinicApiView):
             ),
         }
 
-    @extend_schema(responses={200: AvailabilityIO})
+    @extend_schema(summary="Read a provider's availability", responses={200: AvailabilityIO})
     def get(self, request, provider_id: int):
         provider = selectors.provider_get_managed(user=request.user, provider_id=provider_id)
         return Response(AvailabilityIO(self._body(provider)).data)
 
-    @extend_schema(request=AvailabilityIO, responses={200: AvailabilityIO})
+    @extend_schema(
+        summary="Replace a provider's availability",
+        request=AvailabilityIO,
+        responses={200: AvailabilityIO},
+    )
     def put(self, request, provider_id: int):
         provider = selectors.provider_get_managed(user=request.user, provider_id=provider_id)
         data = valid(AvailabilityIO, request.data)

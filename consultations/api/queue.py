@@ -11,13 +11,22 @@ from consultations.api._base import ClinicApiView, paginator_for, valid
 from consultations.audit import AuditAction, audit_log, audit_queue_entries
 from consultations.permissions import require_patient
 from consultations.serializers import ConsultationOutput, QueueEntryOutput, QueueJoinInput
+from medease.schema import error
 
 
 class ProviderQueueApi(ClinicApiView):
     """POST: a patient joins the provider's walk-in queue (201). GET: the waiting list, head
     first (that provider and their clinic's staff)."""
 
-    @extend_schema(request=QueueJoinInput, responses={201: QueueEntryOutput})
+    @extend_schema(
+        summary="Join a provider's walk-in queue (patients)",
+        request=QueueJoinInput,
+        responses={
+            201: QueueEntryOutput,
+            **error(403, "forbidden"),
+            **error(409, "already_in_queue"),
+        },
+    )
     def post(self, request, provider_id: int):
         require_patient(request.user, action="join the walk-in queue")
         provider = selectors.provider_get(provider_id=provider_id)
@@ -32,7 +41,9 @@ class ProviderQueueApi(ClinicApiView):
             status=status.HTTP_201_CREATED,
         )
 
-    @extend_schema(responses={200: QueueEntryOutput(many=True)})
+    @extend_schema(
+        summary="List a provider's waiting queue", responses={200: QueueEntryOutput(many=True)}
+    )
     def get(self, request, provider_id: int):
         provider = selectors.provider_get_managed(user=request.user, provider_id=provider_id)
         paginator = paginator_for(("joined_at", "id"))
@@ -49,7 +60,14 @@ class ProviderQueueApi(ClinicApiView):
 class ProviderQueueNextApi(ClinicApiView):
     """POST: start a consultation with the head of the queue → 201; 409 when nobody waits."""
 
-    @extend_schema(request=None, responses={201: ConsultationOutput})
+    @extend_schema(
+        summary="Call the next patient in the queue",
+        request=None,
+        responses={
+            201: ConsultationOutput,
+            **error(409, "queue_empty", "queue_changed", "provider_busy"),
+        },
+    )
     def post(self, request, provider_id: int):
         provider = selectors.provider_get_managed(user=request.user, provider_id=provider_id)
         consultation = services.queue_call_next(provider=provider, actor=request.user)
@@ -67,14 +85,21 @@ class ProviderQueueNextApi(ClinicApiView):
 class QueueEntryApi(ClinicApiView):
     """GET: position and estimated wait. DELETE: the patient leaves the queue (204)."""
 
-    @extend_schema(responses={200: QueueEntryOutput})
+    @extend_schema(summary="Read a queue entry", responses={200: QueueEntryOutput})
     def get(self, request, entry_id: int):
         entry = selectors.queue_entry_get_for_user(user=request.user, entry_id=entry_id)
         estimate = selectors.queue_wait_estimator(provider=entry.provider)
         audit_queue_entries(request=request, action=AuditAction.READ, entries=[entry])
         return Response(QueueEntryOutput(entry, context={"estimate": estimate}).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(
+        summary="Leave the queue (the patient)",
+        responses={
+            204: None,
+            **error(403, "forbidden"),
+            **error(409, "invalid_transition"),
+        },
+    )
     def delete(self, request, entry_id: int):
         entry = selectors.queue_entry_get_for_user(user=request.user, entry_id=entry_id)
         services.queue_leave(entry=entry, actor=request.user)

@@ -10,13 +10,18 @@ from consultations import selectors, services
 from consultations.api._base import ClinicApiView, paginator_for, valid
 from consultations.audit import AuditAction, audit_log
 from consultations.serializers import RecordEntryOutput, RecordInput, RecordListInput
+from medease.schema import error
 
 
 class PatientRecordsApi(ClinicApiView):
     """GET: the patient's record entries, newest first. POST: a treating provider or the
     clinic's staff adds an entry (or a correction, with ``supersedes``)."""
 
-    @extend_schema(parameters=[RecordListInput], responses={200: RecordEntryOutput(many=True)})
+    @extend_schema(
+        summary="List a patient's record entries",
+        parameters=[RecordListInput],
+        responses={200: RecordEntryOutput(many=True)},
+    )
     def get(self, request, patient_id: int):
         patient = selectors.patient_get_for_records(user=request.user, patient_id=patient_id)
         params = valid(RecordListInput, request.query_params)
@@ -39,7 +44,15 @@ class PatientRecordsApi(ClinicApiView):
         )
         return paginator.get_paginated_response(data)
 
-    @extend_schema(request=RecordInput, responses={201: RecordEntryOutput})
+    @extend_schema(
+        summary="Add a record entry or a correction",
+        request=RecordInput,
+        responses={
+            201: RecordEntryOutput,
+            **error(403, "forbidden"),
+            **error(409, "already_superseded"),
+        },
+    )
     def post(self, request, patient_id: int):
         patient = selectors.patient_get_for_records(user=request.user, patient_id=patient_id)
         data = valid(RecordInput, request.data)

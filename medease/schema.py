@@ -1,0 +1,225 @@
+"""The OpenAPI contract's shared parts (docs/api.md): one tag per resource, cursor-paged
+lists, and the error answers every operation can give, added here from what the view is
+(authenticated or public, body or not, path ids or not) so that no view can forget one.
+
+Views add what only they know through ``extend_schema(summary=..., responses={...,
+**error(409, "slot_taken", ...)})``: their role rules (403), conflicts (409) and limits
+that fail closed (429/503 on public routes). Settings point DRF's DEFAULT_SCHEMA_CLASS at
+:class:`AutoSchema` and SPECTACULAR_SETTINGS' POSTPROCESSING_HOOKS at :func:`postprocess`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from drf_spectacular import openapi
+from drf_spectacular.utils import OpenApiResponse, extend_schema_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+
+from medease.pagination import MAX_PAGE_SIZE, CursorPagination
+
+# Resource tags, first match wins (paths as drf-spectacular writes them).
+_TAG_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), tag)
+    for pattern, tag in (
+        (r"^/api/v1/auth/", "auth"),
+        (r"^/api/v1/me$", "me"),
+        (r"/slots$", "slots"),
+        (r"/availability$", "availability"),
+        (r"/queue(/next)?$|^/api/v1/queue-entries/", "queue"),
+        (r"/(messages|read)$", "messages"),
+        (r"/attachments|^/api/v1/attachments/", "attachments"),
+        (r"/records$", "records"),
+        (r"^/api/v1/providers$", "providers"),
+        (r"^/api/v1/consultations", "consultations"),
+        (r"^/api/v1/dashboard$", "dashboard"),
+        (r"^/api/v1/notifications", "notifications"),
+        (r"^/api/v1/ws-ticket$", "ws-ticket"),
+        (r"^/health/", "health"),
+    )
+)
+
+TAGS = {
+    "auth": "Sign-up, login, logout and password change.",
+    "me": "The caller's own profile.",
+    "providers": "Active providers of every clinic.",
+    "slots": "A provider's open slots.",
+    "availability": "A provider's weekly windows and exceptions.",
+    "consultations": "Booking, the caller's consultations and their lifecycle.",
+    "messages": "Consultation chat over REST (the websocket is in docs/api.md).",
+    "attachments": "Files attached to a consultation.",
+    "queue": "The walk-in queue.",
+    "records": "A patient's medical record.",
+    "dashboard": "The caller's day, by role.",
+    "notifications": "The caller's notifications and preferences.",
+    "ws-ticket": "Tickets that open a websocket.",
+    "health": "Liveness and readiness.",
+}
+
+# What each error status means here; views add the codes only they can answer.
+_MEANING = {
+    400: "Bad input: `invalid` (see `fields`), `malformed_request` (unparseable JSON).",
+    401: "No, bad, expired or revoked token: `not_authenticated`, `invalid_token`.",
+    403: "The caller's role may not do this: `forbidden`.",
+    404: "Not found, or not the caller's: `not_found`.",
+    409: "The state does not allow it.",
+    413: "The body is over API_MAX_BODY_BYTES, refused before parsing: `too_large`.",
+    415: "The body is not JSON: `unsupported_media_type`.",
+    429: "Rate limited: `rate_limited`; wait `Retry-After` seconds.",
+    503: "A fail-closed limit cannot reach its store: `unavailable`; retry after `Retry-After`.",
+}
+
+_HEADERS = {
+    401: {
+        "WWW-Authenticate": {
+            "schema": {"type": "string"},
+            "description": 'Always `Bearer realm="api"`.',
+            "required": True,
+        }
+    },
+    429: {
+        "Retry-After": {
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Seconds to wait.",
+            "required": True,
+        }
+    },
+    503: {
+        "Retry-After": {
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Seconds to wait.",
+            "required": True,
+        }
+    },
+}
+
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+class ErrorDetailOutput(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, meant for programs.")
+    message = serializers.CharField(help_text="For people; may change.")
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="Field name (nested paths joined by dots) to messages; `{}` if none.",
+    )
+
+
+@extend_schema_serializer(component_name="Error")
+class ErrorOutput(serializers.Serializer):
+    """``{"error": {"code", "message", "fields"}}``: every error under /api/."""
+
+    error = ErrorDetailOutput()
+
+
+def error(status: int, *codes: str, description: str | None = None) -> dict:
+    """``{status: the error shape}`` for ``extend_schema(responses=...)``, naming the codes
+    this operation can answer with that status."""
+    if description is None:
+        description = _MEANING.get(status, "")
+        if codes:
+            description = f"{description.split(':')[0].rstrip('.')}: " + ", ".join(
+                f"`{code}`" for code in codes
+            )
+    return {status: OpenApiResponse(ErrorOutput, description=description)}
+
+
+class SchemaPagination(CursorPagination):
+    """How every list is described: ``{next, previous, results}``, ``?cursor=&limit=``."""
+
+    def get_paginated_response_schema(self, schema):
+        body = super().get_paginated_response_schema(schema)
+        body["required"] = ["next", "previous", "results"]
+        for link in ("next", "previous"):
+            body["properties"][link].pop("example", None)
+        return body
+
+    def get_schema_operation_parameters(self, view):
+        return [
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": "Opaque: follow `next`/`previous` as given (tampered: 400).",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": self.page_size_query_param,
+                "required": False,
+                "in": "query",
+                "description": f"Page size, default 20; above {MAX_PAGE_SIZE} is capped.",
+                "schema": {"type": "integer", "minimum": 1},
+            },
+        ]
+
+
+class AutoSchema(openapi.AutoSchema):
+    """drf-spectacular's AutoSchema with the contract's tags, paging and error answers."""
+
+    def get_tags(self) -> list[str]:
+        for pattern, tag in _TAG_RULES:
+            if pattern.search(self.path):
+                return [tag]
+        return super().get_tags()
+
+    def _map_basic_serializer(self, serializer, direction):
+        # A serializer's ``schema_optional_fields`` are left out for some callers (e.g. the
+        # consultation's provider_notes, for clinicians only): present, but not required.
+        result = super()._map_basic_serializer(serializer, direction)
+        optional = set(getattr(serializer, "schema_optional_fields", ()))
+        if optional and "required" in result:
+            result["required"] = [name for name in result["required"] if name not in optional]
+            if not result["required"]:
+                del result["required"]
+        return result
+
+    def _get_paginator(self):
+        # Every list under /api/v1/ is cursor-paged by medease.pagination, also the ones an
+        # APIView pages itself (chat history is not a list: it has its own shape).
+        return SchemaPagination() if self.method == "GET" else None
+
+    def _is_public(self) -> bool:
+        return any(isinstance(p, AllowAny) for p in self.view.get_permissions())
+
+    def get_operation(self, path, path_regex, path_prefix, method, registry):
+        operation = super().get_operation(path, path_regex, path_prefix, method, registry)
+        if operation is None:
+            return None
+        responses = operation["responses"]
+        statuses: list[int] = []
+        parameters = operation.get("parameters", [])
+        has_body = self.method in _BODY_METHODS and "requestBody" in operation
+        if has_body or any(p["in"] in ("query", "header") for p in parameters):
+            statuses.append(400)
+        if not self._is_public():
+            statuses += [401, 429]  # the token; every authenticated call counts (api_user)
+        if any(p["in"] == "path" for p in parameters):
+            statuses.append(404)
+        if has_body:
+            statuses += [413, 415]
+        for status in statuses:
+            if str(status) not in responses:
+                responses[str(status)] = self._get_response_for_code(
+                    error(status)[status], str(status)
+                )
+        for status, headers in _HEADERS.items():
+            if str(status) in responses:
+                responses[str(status)].setdefault("headers", {}).update(headers)
+        operation["responses"] = dict(sorted(responses.items()))
+        return operation
+
+
+def postprocess(result, generator, request, public):
+    """SPECTACULAR_SETTINGS POSTPROCESSING_HOOKS: the tag list with descriptions."""
+    used = {
+        tag
+        for item in result.get("paths", {}).values()
+        for op in item.values()
+        if isinstance(op, dict)
+        for tag in op.get("tags", [])
+    }
+    result["tags"] = [
+        {"name": name, "description": text} for name, text in TAGS.items() if name in used
+    ]
+    return result

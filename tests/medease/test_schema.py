@@ -1,0 +1,129 @@
+"""The published OpenAPI document says what the code does (issue 10 #17): a summary and a
+resource tag on every operation, the real request bodies, paged list shapes, and every
+error status with the error shape. tests/medease/test_contract.py checks it against the
+running product."""
+
+from __future__ import annotations
+
+import pytest
+from drf_spectacular.generators import SchemaGenerator
+
+from medease.schema import TAGS
+
+pytestmark = pytest.mark.django_db
+
+ERROR_REF = "#/components/schemas/Error"
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return SchemaGenerator().get_schema(request=None, public=True)
+
+
+def operations(schema):
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            yield method.upper(), path, operation
+
+
+def request_properties(schema, operation) -> set[str] | None:
+    body = operation.get("requestBody")
+    if body is None:
+        return None
+    ref = body["content"]["application/json"]["schema"]["$ref"]
+    return set(schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"])
+
+
+def test_every_operation_has_a_summary_and_one_resource_tag(schema):
+    assert len(list(operations(schema))) >= 30
+    for method, path, operation in operations(schema):
+        assert operation.get("summary"), f"{method} {path} has no summary"
+        assert len(operation.get("tags", [])) == 1, f"{method} {path}: {operation.get('tags')}"
+        assert operation["tags"][0] in TAGS, f"{method} {path}: {operation['tags']}"
+    assert {tag["name"] for tag in schema["tags"]} <= set(TAGS)
+
+
+def test_error_answers_follow_auth_body_and_path_ids(schema):
+    for method, path, operation in operations(schema):
+        responses = operation["responses"]
+        public = operation.get("security") == [{}] or not operation.get("security")
+        expected = set()
+        if not public:
+            expected |= {"401", "429"}
+        if "requestBody" in operation:
+            expected |= {"400", "413", "415"}
+        if "{" in path:
+            expected.add("404")
+        missing = expected - set(responses)
+        assert not missing, f"{method} {path} does not document {sorted(missing)}"
+        for status, response in responses.items():
+            if status >= "400":
+                ref = response["content"]["application/json"]["schema"]["$ref"]
+                assert ref == ERROR_REF, f"{method} {path} {status}"
+        for status in ("429", "503"):
+            if status in responses:
+                assert responses[status]["headers"]["Retry-After"]["required"] is True
+        if "401" in responses:
+            assert "WWW-Authenticate" in responses["401"]["headers"]
+
+
+def test_the_error_shape(schema):
+    components = schema["components"]["schemas"]
+    assert components["Error"]["required"] == ["error"]
+    detail = components["ErrorDetailOutput"]
+    assert set(detail["required"]) == {"code", "message", "fields"}
+    assert detail["properties"]["fields"]["additionalProperties"]["type"] == "array"
+
+
+def test_transitions_document_the_body_they_read(schema):
+    paths = schema["paths"]
+    base = "/api/v1/consultations/{consultation_id}"
+    assert request_properties(schema, paths[f"{base}/cancel"]["post"]) == {"reason"}
+    assert request_properties(schema, paths[f"{base}/complete"]["post"]) == {"provider_notes"}
+    assert request_properties(schema, paths[f"{base}/start"]["post"]) is None
+    assert request_properties(schema, paths[f"{base}/no-show"]["post"]) is None
+    assert request_properties(schema, paths[f"{base}/reschedule"]["post"]) == {"slot"}
+    # Only a patient's cancel has a cutoff; only a no-show can be too early.
+    assert "cancellation_closed" in paths[f"{base}/cancel"]["post"]["responses"]["409"][
+        "description"
+    ]
+    assert "too_early" in paths[f"{base}/no-show"]["post"]["responses"]["409"]["description"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/consultations",
+        "/api/v1/providers",
+        "/api/v1/providers/{provider_id}/slots",
+        "/api/v1/providers/{provider_id}/queue",
+        "/api/v1/patients/{patient_id}/records",
+        "/api/v1/notifications",
+    ],
+)
+def test_lists_are_documented_as_pages(schema, path):
+    operation = schema["paths"][path]["get"]
+    ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    page = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert set(page["required"]) == {"next", "previous", "results"}
+    assert page["properties"]["results"]["type"] == "array"
+    assert page["properties"]["next"]["nullable"] is True
+    parameters = {p["name"]: p for p in operation["parameters"]}
+    assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1}
+    assert parameters["cursor"]["schema"] == {"type": "string"}
+
+
+def test_chat_history_has_its_own_page_shape(schema):
+    operation = schema["paths"]["/api/v1/consultations/{consultation_id}/messages"]["get"]
+    ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    page = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert set(page["properties"]) == {"results", "next"}
+    parameters = {p["name"]: p["schema"] for p in operation["parameters"]}
+    assert parameters["before"]["minimum"] == 1 and parameters["after"]["minimum"] == 0
+
+
+def test_provider_notes_is_documented_but_not_promised(schema):
+    consultation = schema["components"]["schemas"]["ConsultationOutput"]
+    assert "provider_notes" in consultation["properties"]
+    assert "provider_notes" not in consultation["required"]
+    assert "reason" in consultation["required"]

@@ -7,7 +7,7 @@ else's consultation is 404), call one service or selector, serialize, audit PHI 
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
@@ -17,6 +17,7 @@ from consultations.selectors import consultation_get_for_user
 from medease import db as db_routing
 from medease import ratelimit
 from medease.pagination import MAX_PAGE_SIZE
+from medease.schema import error
 from messaging import selectors, services
 from messaging.audit import audit_chat_read, audit_message_created
 from messaging.serializers import (
@@ -24,6 +25,7 @@ from messaging.serializers import (
     HistoryOutput,
     MessageOutput,
     MessageSendInput,
+    MessageSendRequest,
     ReadInput,
     TicketOutput,
 )
@@ -48,11 +50,8 @@ class ConsultationMessagesApi(APIView):
     """GET: history in id order. POST: send ``{body, client_id}`` (201; a repeat is 200)."""
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("after", int, description="Messages with a greater id, oldest first."),
-            OpenApiParameter("before", int, description="Messages with a smaller id."),
-            OpenApiParameter("limit", int, description=f"1 to {MAX_PAGE_SIZE} (default 20)."),
-        ],
+        summary="Read a consultation's chat history",
+        parameters=[HistoryInput],
         responses={200: HistoryOutput},
         description=(
             "With `after`: the oldest `limit` messages after that id, and `next` continues "
@@ -85,7 +84,16 @@ class ConsultationMessagesApi(APIView):
         }
         return Response(body)
 
-    @extend_schema(request=MessageSendInput, responses={201: MessageOutput, 200: MessageOutput})
+    @extend_schema(
+        summary="Send a chat message",
+        request=MessageSendRequest,
+        responses={
+            201: MessageOutput,
+            200: OpenApiResponse(MessageOutput, description="The same client_id again."),
+            **error(403, "not_participant"),
+            **error(409, "consultation_closed", "client_id_reused"),
+        },
+    )
     def post(self, request, consultation_id: int):
         data = _valid(MessageSendInput, request.data)
         ratelimit.hit(request, name="message_user", key=ratelimit.by_user)
@@ -107,7 +115,7 @@ class ConsultationMessagesApi(APIView):
 class ConsultationReadApi(APIView):
     """Mark the consultation's chat read up to ``message_id`` (markers only move forward)."""
 
-    @extend_schema(request=ReadInput, responses={204: None})
+    @extend_schema(summary="Move my read marker", request=ReadInput, responses={204: None})
     def post(self, request, consultation_id: int):
         data = _valid(ReadInput, request.data)
         consultation = consultation_get_for_user(user=request.user, consultation_id=consultation_id)
@@ -120,7 +128,11 @@ class ConsultationReadApi(APIView):
 class WsTicketApi(APIView):
     """A single-use ticket, valid for MESSAGING_TICKET_TTL_SECONDS, to open a websocket."""
 
-    @extend_schema(request=None, responses={200: TicketOutput})
+    @extend_schema(
+        summary="Get a websocket ticket",
+        request=None,
+        responses={200: TicketOutput, **error(503)},
+    )
     def post(self, request):
         ticket = services.ws_ticket_issue(user=request.user, token=request.auth)
         return Response(

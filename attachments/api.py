@@ -17,6 +17,7 @@ from attachments.serializers import AttachmentCreatedOutput, AttachmentCreateInp
 from attachments.storage import get_store
 from consultations import selectors as consultation_selectors
 from medease.audit import AuditAction, audit_log_rows
+from medease.schema import error
 
 
 def _no_store(response: Response) -> Response:
@@ -63,7 +64,26 @@ def attachment_body(request, attachment: Attachment) -> dict:
 
 
 class ConsultationAttachmentsApi(APIView):
-    @extend_schema(request=AttachmentCreateInput, responses={201: AttachmentCreatedOutput})
+    @extend_schema(
+        summary="Start an upload to a consultation",
+        request=AttachmentCreateInput,
+        responses={
+            201: AttachmentCreatedOutput,
+            **error(403, "forbidden"),
+            **error(409, "consultation_closed"),
+            **error(
+                413,
+                description="The body (`too_large`) or the file (`too_large`, over "
+                "ATTACHMENT_MAX_BYTES; `quota_exceeded`, over the clinic's quota) is too large.",
+            ),
+            **error(
+                415,
+                description="The body is not JSON (`unsupported_media_type`) or the file's "
+                "type is not accepted (`unsupported_type`).",
+            ),
+            **error(503),
+        },
+    )
     def post(self, request, consultation_id: int):
         data = AttachmentCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -82,7 +102,20 @@ class ConsultationAttachmentsApi(APIView):
 
 
 class AttachmentCompleteApi(APIView):
-    @extend_schema(request=None, responses={200: AttachmentOutput})
+    @extend_schema(
+        summary="Complete an upload",
+        request=None,
+        responses={
+            200: AttachmentOutput,
+            **error(
+                400,
+                description="`upload_mismatch`, `upload_rejected`: the uploaded "
+                "object is missing or not what was announced.",
+            ),
+            **error(409, "upload_rejected"),
+            **error(503),
+        },
+    )
     def post(self, request, attachment_id: int):
         attachment = selectors.attachment_get_for_user(
             user=request.user, attachment_id=attachment_id
@@ -92,7 +125,10 @@ class AttachmentCompleteApi(APIView):
 
 
 class AttachmentDetailApi(APIView):
-    @extend_schema(responses={200: AttachmentOutput})
+    @extend_schema(
+        summary="Read an attachment (with signed URLs)",
+        responses={200: AttachmentOutput, **error(503)},
+    )
     def get(self, request, attachment_id: int):
         attachment = selectors.attachment_get_for_user(
             user=request.user, attachment_id=attachment_id

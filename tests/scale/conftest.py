@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -66,18 +67,53 @@ def primary() -> Postgres:
     db = settings.DATABASES["default"]
     if db["ENGINE"] != "django.db.backends.postgresql":
         pytest.skip("the scale tests need PostgreSQL (DATABASE_URL)")
-    missing = [p for p in (PG_REPLICA_SCRIPT, Path(REDIS_SERVER)) if not p.exists()]
-    if missing or not shutil.which("pg_basebackup", path="/usr/lib/postgresql/15/bin"):
-        message = f"the scale tests need pg_basebackup and redis-server (missing: {missing})"
-        if settings.REQUIRE_SERVICES:
-            pytest.fail(message)
-        pytest.skip(message)
-    return Postgres(
+    server = Postgres(
         host=db["HOST"] or "127.0.0.1",
         port=int(db["PORT"] or 5432),
         user=db["USER"] or "postgres",
         password=db["PASSWORD"] or "",
     )
+    ((version,),) = server.query("SHOW server_version_num")
+    bindir = postgres_bindir(server_major=int(version) // 10000)
+    missing = [p for p in (PG_REPLICA_SCRIPT, Path(REDIS_SERVER)) if not p.exists()]
+    if missing or bindir is None:
+        message = (
+            "the scale tests need pg_basebackup and pg_ctl (PG_BIN, /usr/lib/postgresql/*/bin "
+            f"or pg_config --bindir) and redis-server (missing: {missing})"
+        )
+        if settings.REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    # scripts/cluster/pg_replica.py, run by the replica fixture, reads PG_BIN.
+    os.environ["PG_BIN"] = str(bindir)
+    return server
+
+
+def postgres_bindir(
+    *, server_major: int, root: Path = Path("/usr/lib/postgresql"), pg_config: str | None = None
+) -> Path | None:
+    """The directory holding pg_basebackup and pg_ctl, or None.
+
+    ``PG_BIN`` when set; otherwise the server's own major version (a replica must run the
+    primary's major version), then ``pg_config --bindir``, then the highest version
+    installed under ``root``.
+    """
+
+    def usable(directory: Path) -> bool:
+        return all((directory / name).is_file() for name in ("pg_basebackup", "pg_ctl"))
+
+    if os.environ.get("PG_BIN"):
+        chosen = Path(os.environ["PG_BIN"])
+        return chosen if usable(chosen) else None
+    candidates = [root / str(server_major) / "bin"]
+    pg_config = pg_config or shutil.which("pg_config")
+    if pg_config:
+        result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30)
+        if result.returncode == 0 and result.stdout.strip():
+            candidates.append(Path(result.stdout.strip()))
+    installed = [path for path in root.glob("*/bin") if path.parent.name.isdigit()]
+    candidates += sorted(installed, key=lambda path: int(path.parent.name), reverse=True)
+    return next((directory for directory in candidates if usable(directory)), None)
 
 
 @pytest.fixture(scope="session")

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 
 import pytest
+import redis
 from celery import Celery
 
-from medease import context
+from medease import celery_routing, context
 from tests.scale import celery_probe
-from tests.scale.conftest import node_env
+from tests.scale.conftest import APPLY_DELAY, node_env
 from tests.scale.harness import Worker, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+
+BOOKINGS = 5
+QUEUE = "notifications"
+APPLY_DELAY_SECONDS = timedelta(milliseconds=int(APPLY_DELAY.removesuffix("ms")))
 
 
 @pytest.fixture(scope="module")
@@ -97,19 +103,65 @@ def test_a_task_enqueued_after_a_write_reads_the_primary(
     assert stale >= 1, "the replica was never behind: the pinned case proves nothing"
 
 
-def test_the_booking_confirmation_task_sees_the_booking(worker, nodes, clinic, slots):
-    """End to end: a booking's outbox row is delivered by a worker right after commit."""
+def test_the_booking_confirmation_task_sees_the_booking(
+    worker, publisher, session_redis, nodes, clinic, slots, primary, scale_db
+):
+    """End to end: a booking's confirmation is enqueued tagged for the primary by the web
+    node (medease.celery_routing), and delivered by a worker right after commit, by a task
+    that read the row on the primary while the replica had not replayed it yet."""
     a, b = (node.http() for node in nodes)
-    _, _, token = clinic.patient(a)
-    response = clinic.book(a, token, slots.take())
-    assert response.status_code == 201, response.text
+    broker = redis.Redis.from_url(session_redis.url(1))
 
-    def delivered():
+    def confirmation(user_id: int) -> tuple | None:
+        rows = primary.query(
+            "SELECT status, created_at, sent_at FROM workers_notification"
+            " WHERE user_id = %s AND kind = 'booking_confirmed'",
+            (user_id,),
+            dbname=scale_db.name,
+        )
+        return rows[0] if rows and rows[0][0] not in ("pending", "sending") else None
+
+    # The first booking's message is caught in the broker, the worker not consuming: it
+    # must carry the routing header (every MedEase task also reads the primary on its own,
+    # so the delivery alone would not show whether the publish hook is wired).
+    assert publisher.control.cancel_consumer(QUEUE, reply=True, timeout=10), "no worker"
+    try:
+        _, user_id, token = clinic.patient(a)
+        response = clinic.book(a, token, slots.take())
+        assert response.status_code == 201, response.text
+        (raw,) = wait_until(lambda: broker.lrange(QUEUE, 0, -1), timeout=10, what="the message")
+        headers = json.loads(raw)["headers"]
+        assert headers["task"] == "workers.deliver_notification", headers
+        assert headers.get(celery_routing.HEADER) == 1, headers
+    finally:
+        publisher.control.add_consumer(QUEUE, reply=True, timeout=10)
+    wait_until(lambda: confirmation(user_id), timeout=30, what=f"delivery ({worker.tail(5)})")
+
+    # The others one at a time (each by a new patient: bookings are rate limited per
+    # user), so that no task waits behind another on the worker's single process.
+    delivered = []
+    for n in range(BOOKINGS):
+        _, user_id, token = clinic.patient(a)
+        response = clinic.book(a, token, slots.take())
+        assert response.status_code == 201, response.text
+        row = wait_until(
+            lambda user_id=user_id: confirmation(user_id),
+            timeout=30,
+            interval=0.05,
+            what=f"delivery {n} ({worker.tail(5)})",
+        )
+        assert row[0] == "sent", row
+        delivered.append(row[2] - row[1])
+    # A row sent sooner after it was written than the replica's apply delay was read by its
+    # task before the replica had it: only the primary could answer. If every task ran
+    # later than that, this run proved nothing.
+    print(f"\nbooking confirmations sent after: {[d.total_seconds() for d in delivered]} s")
+    assert min(delivered) < APPLY_DELAY_SECONDS, f"no task beat the replica: {delivered}"
+
+    def listed_as_sent() -> bool:  # through the API too, once the replica has caught up
         listed = b.get("/api/v1/notifications", token=token)
         assert listed.status_code == 200, listed.text
         rows = [n for n in listed.json()["results"] if n["kind"] == "booking_confirmed"]
-        return rows and rows[0]["status"] == "sent" and rows[0]
+        return [n["status"] for n in rows] == ["sent"]
 
-    # Delivered within seconds; had the task read a lagging replica it would have found
-    # no row and left it to the outbox sweeper, minutes later.
-    wait_until(delivered, timeout=30, interval=0.25, what=f"delivery ({worker.tail(5)})")
+    wait_until(listed_as_sent, timeout=30, interval=0.25, what="the list of notifications")

@@ -215,12 +215,27 @@ class ExceptionIO(serializers.Serializer):
 
 class AvailabilityIO(serializers.Serializer):
     """``{provider, timezone, windows: [{weekday, start, end}], exceptions: [...]}``;
-    times are wall-clock in the provider's timezone, weekday 0 = Monday."""
+    times are wall-clock in the provider's timezone, weekday 0 = Monday.
+
+    In a PUT a missing ``windows`` or ``exceptions`` leaves that part as it is and an empty
+    list clears it; ``confirm`` cancels the booked visits the change would leave out."""
 
     provider = serializers.IntegerField(read_only=True)
     timezone = serializers.CharField(read_only=True)
-    windows = WindowIO(many=True)
+    windows = WindowIO(many=True, required=False)
     exceptions = ExceptionIO(many=True, required=False)
+    confirm = serializers.BooleanField(
+        write_only=True,
+        required=False,
+        default=False,
+        help_text="Cancel the scheduled consultations this change leaves outside the hours.",
+    )
+
+
+class AvailabilityConfirmInput(serializers.Serializer):
+    """``?confirm=1``: the query-string form of the body's ``confirm``."""
+
+    confirm = serializers.BooleanField(required=False, default=False)
 
 
 # --- Input ---------------------------------------------------------------------------------

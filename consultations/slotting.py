@@ -127,6 +127,32 @@ def slot_times(
                 cursor = slot_end  # step > 0, so every turn moves on
 
 
+def interval_covered(
+    *,
+    start: datetime,
+    end: datetime,
+    windows: Iterable[Window],
+    exceptions: Iterable[DayException],
+    tz: ZoneInfo,
+) -> bool:
+    """Whether [start, end) lies inside working time and touches no time off."""
+    windows = list(windows)
+    exceptions = list(exceptions)
+    first = start.astimezone(tz).date()
+    last = (end - timedelta(microseconds=1)).astimezone(tz).date()
+    working: list[tuple[datetime, datetime]] = []
+    off: list[tuple[datetime, datetime]] = []
+    for offset in range((last - first).days + 1):
+        day_working, day_off = day_intervals(
+            day=first + timedelta(days=offset), windows=windows, exceptions=exceptions, tz=tz
+        )
+        working += day_working
+        off += day_off
+    if any(start < o_end and end > o_start for o_start, o_end in off):
+        return False
+    return any(w_start <= start and end <= w_end for w_start, w_end in _merge(working))
+
+
 def windows_overlap(windows: Iterable[Window]) -> list[tuple[Window, Window]]:
     """Pairs of windows on the same weekday that overlap (invalid input)."""
     by_day: dict[int, list[Window]] = {}

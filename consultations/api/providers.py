@@ -14,14 +14,18 @@ from rest_framework.response import Response
 from accounts import selectors as account_selectors
 from consultations import caching, selectors, services
 from consultations.api._base import ClinicApiView, paginator_for, valid
+from consultations.audit import AuditAction, audit_consultations
 from consultations.serializers import (
+    AvailabilityConfirmInput,
     AvailabilityIO,
     ProviderListInput,
     ProviderOutput,
     SlotOutput,
 )
+from consultations.services import availability
 from consultations.slotting import Window, local_instant
 from medease.exceptions import InvalidInput
+from medease.schema import error
 
 
 class ProvidersApi(ClinicApiView):
@@ -136,7 +140,9 @@ class ProviderSlotsApi(ClinicApiView):
 class ProviderAvailabilityApi(ClinicApiView):
     """The provider's weekly windows and upcoming exceptions (that provider, clinic staff).
 
-    PUT replaces both (an absent ``exceptions`` means none) and re-materializes the slots.
+    PUT replaces the parts it names (a missing key keeps that part) and re-materializes the
+    slots. Blocking booked time answers 409 ``availability_conflicts`` listing the visits in
+    ``fields.conflicts``; with ``confirm`` (body or ``?confirm=1``) they are cancelled.
     """
 
     def _body(self, provider) -> dict:
@@ -159,23 +165,59 @@ class ProviderAvailabilityApi(ClinicApiView):
     @extend_schema(
         summary="Replace a provider's availability",
         request=AvailabilityIO,
-        responses={200: AvailabilityIO},
+        parameters=[
+            OpenApiParameter(
+                "confirm", bool, description="Like the body's `confirm` (cancel the conflicts)"
+            )
+        ],
+        responses={
+            200: AvailabilityIO,
+            **error(
+                409,
+                "availability_conflicts",
+                description=(
+                    "`availability_conflicts`: the change blocks booked time; "
+                    "`fields.conflicts` lists `{id, patient, patient_name, scheduled_start, "
+                    "scheduled_end}` of each visit. Send it again with `confirm` to cancel them."
+                ),
+            ),
+        },
     )
     def put(self, request, provider_id: int):
         provider = selectors.provider_get_managed(user=request.user, provider_id=provider_id)
         data = valid(AvailabilityIO, request.data)
-        services.availability_replace(
-            provider=provider,
-            windows=[Window(w["weekday"], w["start_time"], w["end_time"]) for w in data["windows"]],
-            exceptions=[
-                services.ExceptionSpec(
-                    date=e["date"],
-                    kind=e["kind"],
-                    start_time=e.get("start_time"),
-                    end_time=e.get("end_time"),
-                    note=e.get("note", ""),
-                )
-                for e in data.get("exceptions", [])
-            ],
-        )
+        in_query = valid(AvailabilityConfirmInput, request.query_params)["confirm"]
+        confirm = data["confirm"] or in_query
+        # A key left out keeps that part as it is; an empty list clears it.
+        windows = data.get("windows")
+        exceptions = data.get("exceptions")
+        try:
+            cancelled = availability.availability_replace(
+                provider=provider,
+                windows=None
+                if windows is None
+                else [Window(w["weekday"], w["start_time"], w["end_time"]) for w in windows],
+                exceptions=None
+                if exceptions is None
+                else [
+                    services.ExceptionSpec(
+                        date=e["date"],
+                        kind=e["kind"],
+                        start_time=e.get("start_time"),
+                        end_time=e.get("end_time"),
+                        note=e.get("note", ""),
+                    )
+                    for e in exceptions
+                ],
+                actor=request.user,
+                on_conflict="cancel" if confirm else "refuse",
+            )
+        except availability.AvailabilityConflicts as exc:
+            # The 409 shows the editor who is booked: a PHI read.
+            audit_consultations(
+                request=request, action=AuditAction.READ, consultations=exc.consultations
+            )
+            raise
+        if cancelled:
+            audit_consultations(request=request, action=AuditAction.UPDATE, consultations=cancelled)
         return Response(AvailabilityIO(self._body(provider)).data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -22,9 +23,11 @@ from consultations.models import (
     ExceptionKind,
     Slot,
 )
+from consultations.selectors.availability import availability_conflicts
 from consultations.services._common import _lock_provider, logger
+from consultations.services.transitions import consultation_cancel
 from consultations.slotting import DayException, Window, slot_times, windows_overlap
-from medease.exceptions import InvalidInput
+from medease.exceptions import Conflict, InvalidInput
 
 
 @dataclass(frozen=True)
@@ -86,19 +89,76 @@ def availability_validate(
         _check_exceptions(exceptions)
 
 
+# What availability_replace does with scheduled visits the edit leaves outside the hours:
+# "keep" them (seeding, scripts), "refuse" the edit with the list, or "cancel" them.
+OnConflict = Literal["keep", "refuse", "cancel"]
+PROVIDER_UNAVAILABLE = "provider unavailable"
+
+
+class AvailabilityConflicts(Conflict):
+    """The edit would block time with booked visits; ``consultations`` lists them."""
+
+    def __init__(self, consultations: Sequence[Consultation]) -> None:
+        self.consultations = list(consultations)
+        super().__init__(
+            f"This change blocks time booked by {len(self.consultations)} consultation(s); "
+            "confirm to cancel them.",
+            code="availability_conflicts",
+            fields={"conflicts": [_conflict_row(c) for c in self.consultations]},
+        )
+
+
+def _conflict_row(consultation: Consultation) -> dict:
+    # Times in the active time zone (the caller's, in clinic-core views), like the outputs.
+    return {
+        "id": consultation.pk,
+        "patient": consultation.patient_id,
+        "patient_name": consultation.patient.full_name,
+        "scheduled_start": timezone.localtime(consultation.scheduled_start).isoformat(),
+        "scheduled_end": timezone.localtime(consultation.scheduled_end).isoformat(),
+    }
+
+
 def availability_replace(
     *,
     provider: User,
     windows: Sequence[Window] | None = None,
     exceptions: Sequence[ExceptionSpec] | None = None,
-) -> None:
+    actor: User | None = None,
+    on_conflict: OnConflict = "keep",
+) -> list[Consultation]:
     """Replace a provider's weekly windows and/or upcoming exceptions, then re-materialize
-    their slots (``None`` leaves that part unchanged; past exceptions are kept)."""
+    their slots (``None`` leaves that part unchanged; past exceptions are kept).
+
+    Scheduled visits the new hours no longer cover are kept, refused with
+    ``AvailabilityConflicts`` or cancelled by ``actor`` ("provider unavailable", patients
+    notified), as ``on_conflict`` says; returns the cancelled ones.
+    """
     if provider.role != Role.PROVIDER:
         raise InvalidInput("Only providers have availability.")
+    if on_conflict not in ("keep", "refuse", "cancel"):
+        raise ValueError(f"unknown on_conflict: {on_conflict!r}")
     availability_validate(windows=windows, exceptions=exceptions)
+    cancelled: list[Consultation] = []
     with transaction.atomic():
         provider = _lock_provider(provider)
+        if on_conflict != "keep":
+            # Under the provider lock, so the list matches what this edit does.
+            affected = availability_conflicts(
+                provider=provider,
+                windows=windows,
+                exceptions=None
+                if exceptions is None
+                else [DayException(e.date, e.kind, e.start_time, e.end_time) for e in exceptions],
+            )
+            if affected and on_conflict == "refuse":
+                raise AvailabilityConflicts(affected)
+            for consultation in affected:
+                cancelled.append(
+                    consultation_cancel(
+                        consultation=consultation, actor=actor, reason=PROVIDER_UNAVAILABLE
+                    )
+                )
         if windows is not None:
             Availability.objects.filter(provider=provider).delete()
             Availability.objects.bulk_create(
@@ -126,6 +186,7 @@ def availability_replace(
                 if e.date >= today
             )
         _materialize_locked(provider=provider, days=settings.SLOTS_MATERIALIZE_DAYS)
+    return cancelled
 
 
 @dataclass

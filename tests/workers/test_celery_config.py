@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 
 from config.celery import app
+from consultations import tasks as consultation_tasks
 from workers import tasks
 from workers.schedule import BEAT_SCHEDULE
 
@@ -30,11 +31,17 @@ def test_tasks_are_routed_to_their_queues():
     route = app.amqp.router.route
     assert route({}, "workers.deliver_notification")["queue"].name == "notifications"
     assert route({}, "workers.sweep_outbox")["queue"].name == "maintenance"
-    assert route({}, "workers.send_reminders")["queue"].name == "maintenance"
+    # Tasks of other apps name their queue themselves; apply_async passes it to the router.
+    reminders = consultation_tasks.send_reminders
+    assert route({"queue": reminders.queue}, reminders.name)["queue"].name == "maintenance"
 
 
 def test_tasks_acknowledge_late_and_have_time_limits():
-    for task in (tasks.deliver_notification, tasks.sweep_outbox, tasks.send_reminders):
+    for task in (
+        tasks.deliver_notification,
+        tasks.sweep_outbox,
+        consultation_tasks.send_reminders,
+    ):
         assert task.acks_late and task.reject_on_worker_lost
         assert task.soft_time_limit < task.time_limit
         assert task.retry_backoff_max <= settings.CELERY_MAX_COUNTDOWN_SECONDS
@@ -95,11 +102,11 @@ def test_beat_schedule_has_the_outbox_jobs_and_keeps_the_others():
     tasks_scheduled = {entry["task"] for entry in BEAT_SCHEDULE.values()}
     assert {
         "workers.sweep_outbox",
-        "workers.send_reminders",
+        "consultations.send_reminders",
         "accounts.purge_expired_tokens",
     } <= tasks_scheduled
     for entry in BEAT_SCHEDULE.values():
-        if entry["task"].startswith("workers."):
+        if "options" in entry:
             assert entry["options"]["expires"] <= entry["schedule"]
     assert app.conf.beat_schedule is BEAT_SCHEDULE
 

@@ -33,6 +33,8 @@ STAFF_CONSOLE_PERMISSIONS: dict[str, set[str]] = {
         "change_availabilityexception",
         "delete_availabilityexception",
     },
+    # Documents and images of the clinic's consultations and records, read-only.
+    "attachments": {"view_attachment"},
     # The PHI audit log, read-only.
     "medease": {"view_auditevent"},
 }

@@ -11,7 +11,15 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("accounts", "consultations", "messaging", "workers", "medease", "config")
+PACKAGES = (
+    "accounts",
+    "consultations",
+    "messaging",
+    "attachments",
+    "workers",
+    "medease",
+    "config",
+)
 CONTRACTS = {
     "medease-is-plumbing",
     "workers-knows-no-domain",

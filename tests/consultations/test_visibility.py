@@ -21,6 +21,8 @@ from django.test import Client
 from django.urls import URLResolver, get_resolver, reverse
 
 from accounts.models import Role, User
+from attachments import services as attachment_services
+from attachments.models import Attachment
 from consultations import services
 from consultations.models import Consultation, ConsultationStatus, MedicalRecordEntry, QueueEntry
 from workers.models import Notification
@@ -66,6 +68,15 @@ CASES: dict[str, dict[str, dict]] = {
         "get": {"outsiders": NOT_FOUND, "owner": "provider"},
         "post": {"outsiders": NOT_FOUND, "body": {"kind": "note", "text": "Peeking"}},
     },
+    # Attachments (attachments/urls.py): the consultation's people; complete: the uploader.
+    "consultation-attachments": {
+        "post": {
+            "outsiders": NOT_FOUND,
+            "body": {"filename": "a.pdf", "content_type": "application/pdf", "size": 10},
+        }
+    },
+    "attachment": {"get": {"outsiders": NOT_FOUND, "owner": "patient"}},
+    "attachment-complete": {"post": {"outsiders": NOT_FOUND}},
 }
 
 _HTTP_METHODS = ("get", "post", "put", "patch", "delete")
@@ -99,12 +110,20 @@ def world(patient, provider, staff, make_user, make_slot, book):
     entry = services.queue_join(patient=queued, provider=provider)
     record = services.medical_record_add(author=provider, patient=patient, kind="note", text="x")
     free_slot = make_slot(provider, hours=9)
+    attachment = attachment_services.attachment_create(
+        uploader=patient,
+        consultation=consultation,
+        filename="scan.pdf",
+        content_type="application/pdf",
+        size=10,
+    )
     return {
         "ids": {
             "provider_id": provider.pk,
             "consultation_id": consultation.pk,
             "entry_id": entry.pk,
             "patient_id": patient.pk,
+            "attachment_id": attachment.pk,
         },
         "owners": {"patient": patient, "provider": provider, "staff": staff},
         # The queue entry belongs to its own patient (owner of queue-entry routes).
@@ -113,6 +132,7 @@ def world(patient, provider, staff, make_user, make_slot, book):
         "consultation": consultation,
         "entry": entry,
         "record": record,
+        "attachment": attachment,
         # The booking's confirmation to the patient (the outbox, written with the booking).
         "notification": Notification.objects.filter(user=patient).earliest("id"),
     }
@@ -200,6 +220,7 @@ CONSOLE_OBJECTS = {
     QueueEntry: "entry",
     MedicalRecordEntry: "record",
     Notification: "notification",
+    Attachment: "attachment",
 }
 
 

@@ -93,11 +93,16 @@ class BodyLengthMiddleware:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or any(
-            name.lower() == b"content-length" for name, _ in scope.get("headers", [])
-        ):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = _body_limit(scope.get("path", ""))
+        declared = _declared_length(scope)
+        if declared is not None:
+            # Refused before a byte is read: Django's ASGI handler would otherwise spool
+            # the whole body (a 2 GB upload included) to a temporary file first.
+            if limit is not None and declared > limit:
+                return await _send_too_large(scope, send, limit)
+            return await self.app(scope, receive, send)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -130,9 +135,22 @@ class BodyLengthMiddleware:
         return await self.app({**scope, "headers": headers}, replay, send)
 
 
+def _declared_length(scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server refuses a malformed length before we run
+    return None
+
+
 def _body_limit(path: str) -> int | None:
     if path.startswith("/api/"):
         return settings.API_MAX_BODY_BYTES
+    if path.startswith("/files/upload/"):
+        # Signed direct uploads on the embedded default carry files, not form posts.
+        return settings.ATTACHMENT_MAX_BYTES
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE  # Django's own limit (None: no limit)
 
 

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shlex
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +15,8 @@ import httpx
 import pytest
 from django.conf import settings
 from django.db import connection
+
+from tests.procfile import procfile_web_command
 
 pytestmark = [
     pytest.mark.postgres,
@@ -35,18 +34,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def web_command(port: int) -> list[str]:
-    """The Procfile's web command (what production runs), on 127.0.0.1:port."""
-    line = next(
-        line for line in (BASE_DIR / "Procfile").read_text().splitlines() if line.startswith("web:")
-    )
-    command = line.removeprefix("web:").strip()
-    command = re.sub(r"\$\{HOST:-[^}]*\}", "127.0.0.1", command)
-    command = re.sub(r"\$\{PORT:-[^}]*\}", str(port), command)
-    program, *args = shlex.split(command)
-    return [sys.executable, "-m", program, *args]
 
 
 def database_url() -> str:
@@ -70,13 +57,16 @@ def server(transactional_db, tmp_path):
         "DATABASE_REPLICA_URLS": "",
         "DATABASE_POOL_MAX_SIZE": "2",
         "API_MAX_BODY_BYTES": str(BODY_LIMIT),
+        "ATTACHMENT_MAX_BYTES": str(BODY_LIMIT),
         "LOG_FORMAT": "text",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path / "web.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(web_command(port), cwd=BASE_DIR, env=env, stdout=out, stderr=out)
+        process = subprocess.Popen(
+            procfile_web_command(port), cwd=BASE_DIR, env=env, stdout=out, stderr=out
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -160,3 +150,32 @@ def test_a_chunked_body_at_the_limit_is_accepted(server):
     # Parsed (wrong credentials), not "field required" and not 413.
     assert response.status_code == 401, response.text
     assert response.json()["error"]["code"] == "invalid_credentials"
+
+
+def raw_request(base: str, head: str) -> bytes:
+    """Send only a request head (no body) and read the answer: a server that waited for
+    the declared body would never answer, and the socket's timeout would fail the test."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(head.encode("ascii"))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/api/v1/auth/login", "application/json"), ("/files/upload/any-token", "image/png")],
+)
+def test_a_declared_length_over_the_limit_is_413_before_the_body(server, path, content_type):
+    base, _log = server
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {50 * 1024 * 1024 * 1024}\r\n\r\n"
+    )
+    answer = raw_request(base, head)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]

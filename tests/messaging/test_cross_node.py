@@ -12,12 +12,9 @@ import asyncio
 import contextlib
 import json
 import os
-import re
-import shlex
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from accounts import services as account_services
 from messaging.models import Message
+from tests.procfile import procfile_web_command
 
 pytestmark = [
     pytest.mark.postgres,
@@ -117,18 +115,6 @@ class RedisServer:
             self.process.kill()
             self.process.wait(timeout=10)
         wait_until(lambda: not self._ping(), timeout=10, what="redis-server to stop")
-
-
-def procfile_web_command(port: int) -> list[str]:
-    """The Procfile's web command (what production runs), on 127.0.0.1:port."""
-    line = next(
-        line for line in (BASE_DIR / "Procfile").read_text().splitlines() if line.startswith("web:")
-    )
-    command = line.removeprefix("web:").strip()
-    command = re.sub(r"\$\{HOST:-[^}]*\}", "127.0.0.1", command)
-    command = re.sub(r"\$\{PORT:-[^}]*\}", str(port), command)
-    program, *args = shlex.split(command)
-    return [sys.executable, "-m", program, *args]
 
 
 class Node:

@@ -403,6 +403,9 @@ def up(args: argparse.Namespace) -> None:
                 # TRUSTED_PROXIES decides who the client is, in one place; uvicorn must not
                 # rewrite the peer address first (it trusts loopback by default).
                 "--no-proxy-headers",
+                # In-flight requests get this long after SIGTERM (the Procfile's default).
+                "--timeout-graceful-shutdown",
+                "3",
             ],
             {**env, "PGAPPNAME": f"medease-web{index}"},
         )
@@ -424,7 +427,8 @@ def up(args: argparse.Namespace) -> None:
             "-n",
             "worker@%h",
         ],
-        {**env, "PGAPPNAME": "medease-worker"},
+        # SIGTERM: soft shutdown, then unfinished tasks go back to the broker (Procfile).
+        {**env, "PGAPPNAME": "medease-worker", "REMAP_SIGTERM": "SIGQUIT"},
     )
     spawn(
         "beat",

@@ -18,6 +18,7 @@ __all__ = [
     "audit_log",
     "audit_objects",
     "audit_queue_entries",
+    "audit_typed_rows",
 ]
 
 # The audit log's name for each clinic model that holds patient data.
@@ -55,9 +56,11 @@ def _ip(request) -> str | None:
         return None
 
 
-def audit_objects(*, request, action: str, objects: Iterable[models.Model]) -> None:
-    """One event per object of several clinic models (a page showing consultations and queue
-    entries side by side), each with its own type, patient and clinic, in one INSERT.
+def audit_typed_rows(
+    *, request, action: str, rows: Iterable[tuple[str, object, int | None, int | None]]
+) -> None:
+    """One event per ``(object type, object id, patient id, organization id)``, of mixed
+    types, in one INSERT (a page showing consultations and queue entries side by side).
 
     ``medease.audit.audit_log_rows`` takes one object type per call, that is one INSERT per
     type; this is its mixed-type variant until it accepts a type per row.
@@ -71,13 +74,26 @@ def audit_objects(*, request, action: str, objects: Iterable[models.Model]) -> N
             user_id=user_id,
             ip=ip,
             action=action,
-            object_type=OBJECT_TYPES[obj._meta.model_name],
-            object_id=str(obj.pk),
-            patient_id=obj.patient_id,
-            organization_id=obj.organization_id,
+            object_type=object_type,
+            object_id=str(object_id),
+            patient_id=patient_id,
+            organization_id=organization_id,
             request_id=request_id if request_id != "-" else "",
         )
-        for obj in objects
+        for object_type, object_id, patient_id, organization_id in rows
     ]
     if events:
         AuditEvent.objects.bulk_create(events)
+
+
+def audit_objects(*, request, action: str, objects: Iterable[models.Model]) -> None:
+    """One event per object of the clinic models (each with its own type, patient and
+    clinic), in one INSERT."""
+    audit_typed_rows(
+        request=request,
+        action=action,
+        rows=[
+            (OBJECT_TYPES[obj._meta.model_name], obj.pk, obj.patient_id, obj.organization_id)
+            for obj in objects
+        ],
+    )

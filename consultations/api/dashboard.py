@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from consultations import selectors
 from consultations.api._base import ClinicApiView
-from consultations.audit import AuditAction, audit_consultations
+from consultations.audit import AuditAction, audit_typed_rows
 
 
 class DashboardApi(ClinicApiView):
@@ -27,9 +27,12 @@ class DashboardApi(ClinicApiView):
     )
     def get(self, request):
         data = selectors.dashboard_for_user(user=request.user)
-        audit_consultations(
-            request=request,
-            action=AuditAction.READ,
-            consultations=selectors.dashboard_consultations(data),
-        )
+        rows = [
+            ("consultation", c["id"], c["patient"], c["organization"])
+            for c in selectors.dashboard_consultations(data)
+        ]
+        # A patient's queue places show the reason they gave (PHI too). The body does not
+        # name the queue's clinic, and looking it up would cost a query: the event has none.
+        rows += [("queue_entry", q["id"], q["patient"], None) for q in data.get("queue", [])]
+        audit_typed_rows(request=request, action=AuditAction.READ, rows=rows)
         return Response(data)

@@ -222,3 +222,17 @@ def test_the_today_board_audits_the_queue_beside_the_consultations(
         ("consultation", today.pk),
         *(("queue_entry", e.pk) for e in waiting),
     }
+
+
+def test_the_patients_dashboard_audits_their_queue_places_with_their_consultations(
+    patient, provider, make_slot, book, token_client
+):
+    booked = book(patient, make_slot(provider, hours=3))
+    entry = services.queue_join(patient=patient, provider=provider, reason="Sprained wrist")
+    response, events = _request(token_client(patient), "get", "/api/v1/dashboard")
+    assert response.status_code == 200
+    assert [row["reason"] for row in response.json()["queue"]] == ["Sprained wrist"]
+    assert {(e.object_type, int(e.object_id), e.patient_id) for e in events} == {
+        ("consultation", booked.pk, patient.pk),
+        ("queue_entry", entry.pk, patient.pk),
+    }

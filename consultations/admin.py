@@ -17,6 +17,7 @@ from django.forms.models import BaseInlineFormSet
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from accounts import admin as accounts_admin
 from accounts.models import Organization, Role, User
@@ -30,7 +31,8 @@ from consultations.models import (
     QueueEntry,
     QueueStatus,
 )
-from consultations.slotting import Window
+from consultations.selectors.availability import availability_conflicts
+from consultations.slotting import DayException, Window
 from medease.admin import VisibleToAdmin
 from medease.exceptions import ApplicationError
 
@@ -75,8 +77,44 @@ def _render_in(tz: ZoneInfo, response):
 # --- Availability inlines on the provider's page ------------------------------------------------
 
 
+# Ticking it (shown with the list of affected visits) confirms cancelling them.
+CONFIRM_CONFLICTS_FIELD = "confirm_availability_conflicts"
+
+
+def _conflicts_error(conflicts, tz: ZoneInfo) -> ValidationError:
+    visits = format_html_join(
+        "",
+        "<li>{} &middot; {}&ndash;{}</li>",
+        (
+            (
+                c.patient.full_name,
+                c.scheduled_start.astimezone(tz).strftime("%a %d %b %Y %H:%M"),
+                c.scheduled_end.astimezone(tz).strftime("%H:%M"),
+            )
+            for c in conflicts
+        ),
+    )
+    return ValidationError(
+        format_html(
+            "This change leaves {} booked consultation(s) outside the provider's hours:"
+            '<ul>{}</ul><label><input type="checkbox" name="{}" value="1"> '
+            'Cancel them (reason "provider unavailable"; the patients are notified) and save'
+            "</label>",
+            len(conflicts),
+            visits,
+            CONFIRM_CONFLICTS_FIELD,
+        ),
+        code="availability_conflicts",
+    )
+
+
 class _ServiceFormSet(BaseInlineFormSet):
-    """An inline formset that saves through a service instead of saving rows itself."""
+    """An inline formset that saves through a service instead of saving rows itself.
+
+    Blocking booked time is refused with the list of affected visits until the editor ticks
+    the confirmation, which cancels them (as the API's ``confirm``)."""
+
+    request = None  # set by the inline's get_formset: the editor (actor, audit, time zone)
 
     def _kept_forms(self):
         # Unchanged extra forms have empty cleaned_data; deleted rows are left out.
@@ -90,20 +128,39 @@ class _ServiceFormSet(BaseInlineFormSet):
     def _replace(self, specs) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _confirmed(self) -> bool:
+        return self.data.get(CONFIRM_CONFLICTS_FIELD) in ("1", "on", "true")
+
+    def _actor(self):
+        return getattr(self.request, "user", None)
+
     def clean(self):
         super().clean()
         if any(self.errors):
             return
+        specs = self._specs()
         try:
-            self._validate(self._specs())
+            self._validate(specs)
         except ApplicationError as exc:
             messages_ = [exc.message]
             for field_errors in exc.fields.values():
                 messages_.extend(field_errors)
             raise ValidationError(messages_) from exc
+        if self.instance.pk is None or self._confirmed():
+            return
+        conflicts = self._conflicts(specs)
+        if conflicts:
+            if self.request is None:
+                raise _conflicts_error(conflicts, ZoneInfo("UTC"))
+            # The list names patients: a PHI read.
+            audit_consultations(
+                request=self.request, action=AuditAction.READ, consultations=conflicts
+            )
+            raise _conflicts_error(conflicts, _viewer_tz(self.request))
 
     def save(self, commit=True):
-        self._replace(self._specs())
+        # Unconfirmed, a visit booked since clean() is kept (the service's "keep").
+        self._replace(self._specs(), on_conflict="cancel" if self._confirmed() else "keep")
         # The admin's change message reads these; the service replaced the rows wholesale.
         self.new_objects, self.changed_objects, self.deleted_objects = [], [], []
         return []
@@ -123,8 +180,13 @@ class AvailabilityFormSet(_ServiceFormSet):
     def _validate(self, specs) -> None:
         services.availability_validate(windows=specs)
 
-    def _replace(self, specs) -> None:
-        services.availability_replace(provider=self.instance, windows=specs)
+    def _conflicts(self, specs):
+        return availability_conflicts(provider=self.instance, windows=specs, exceptions=None)
+
+    def _replace(self, specs, *, on_conflict) -> None:
+        services.availability_replace(
+            provider=self.instance, windows=specs, actor=self._actor(), on_conflict=on_conflict
+        )
 
 
 class AvailabilityExceptionFormSet(_ServiceFormSet):
@@ -143,11 +205,24 @@ class AvailabilityExceptionFormSet(_ServiceFormSet):
     def _validate(self, specs) -> None:
         services.availability_validate(exceptions=specs)
 
-    def _replace(self, specs) -> None:
-        services.availability_replace(provider=self.instance, exceptions=specs)
+    def _conflicts(self, specs):
+        days = [DayException(e.date, e.kind, e.start_time, e.end_time) for e in specs]
+        return availability_conflicts(provider=self.instance, windows=None, exceptions=days)
+
+    def _replace(self, specs, *, on_conflict) -> None:
+        services.availability_replace(
+            provider=self.instance, exceptions=specs, actor=self._actor(), on_conflict=on_conflict
+        )
 
 
-class AvailabilityInline(admin.TabularInline):
+class _ServiceInline(admin.TabularInline):
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.request = request  # a class made for this request by the factory
+        return formset
+
+
+class AvailabilityInline(_ServiceInline):
     model = Availability
     fk_name = "provider"
     formset = AvailabilityFormSet
@@ -157,7 +232,7 @@ class AvailabilityInline(admin.TabularInline):
     verbose_name_plural = "Weekly availability (wall-clock times in the provider's timezone)"
 
 
-class AvailabilityExceptionInline(admin.TabularInline):
+class AvailabilityExceptionInline(_ServiceInline):
     model = AvailabilityException
     fk_name = "provider"
     formset = AvailabilityExceptionFormSet

@@ -7,6 +7,7 @@ from datetime import time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from consultations import services
@@ -228,3 +229,87 @@ def test_an_invalid_confirm_flag_is_a_400(token_client, working_provider):
         _url(working_provider) + "?confirm=perhaps", {"windows": []}, format="json"
     )
     assert response.status_code == 400
+
+
+# --- The console warns the same way -----------------------------------------------------------
+
+
+def _console_form(provider, *, day_off=None, confirm: bool = False) -> dict:
+    """The provider's page as the browser posts it: the current windows unchanged, plus a new
+    day off (and the confirmation box, when ticked)."""
+    windows = list(Availability.objects.filter(provider=provider).order_by("pk"))
+    data = {
+        "email": provider.email,
+        "full_name": provider.full_name,
+        "role": provider.role,
+        "timezone": provider.timezone,
+        "organization": provider.organization_id,
+        "is_active": "on",
+        "provider_profile-TOTAL_FORMS": "1",
+        "provider_profile-INITIAL_FORMS": "1",
+        "provider_profile-0-user": provider.pk,
+        "provider_profile-0-specialty": provider.provider_profile.specialty,
+        "provider_profile-0-bio": "",
+        "provider_profile-0-consultation_minutes": "30",
+        "availability_windows-TOTAL_FORMS": str(len(windows)),
+        "availability_windows-INITIAL_FORMS": str(len(windows)),
+        "availability_exceptions-TOTAL_FORMS": "1" if day_off else "0",
+        "availability_exceptions-INITIAL_FORMS": "0",
+    }
+    for index, window in enumerate(windows):
+        data |= {
+            f"availability_windows-{index}-id": window.pk,
+            f"availability_windows-{index}-provider": provider.pk,
+            f"availability_windows-{index}-weekday": str(window.weekday),
+            f"availability_windows-{index}-start_time": window.start_time.strftime("%H:%M"),
+            f"availability_windows-{index}-end_time": window.end_time.strftime("%H:%M"),
+        }
+    if day_off:
+        data |= {
+            "availability_exceptions-0-provider": provider.pk,
+            "availability_exceptions-0-date": day_off.isoformat(),
+            "availability_exceptions-0-kind": "off",
+        }
+    if confirm:
+        data["confirm_availability_conflicts"] = "1"
+    return data
+
+
+def test_the_console_lists_the_affected_visits_and_cancels_them_once_confirmed(
+    staff, working_provider, patient, booked_at
+):
+    consultation = booked_at(11)
+    client = Client()
+    client.force_login(staff)
+    url = f"/admin/accounts/user/{working_provider.pk}/change/"
+    day = _day(working_provider)
+
+    response = client.post(url, _console_form(working_provider, day_off=day))
+    assert response.status_code == 200  # the page again, with the warning
+    page = response.content.decode()
+    assert patient.full_name in page
+    assert 'name="confirm_availability_conflicts"' in page
+    consultation.refresh_from_db()
+    assert consultation.status == ConsultationStatus.SCHEDULED
+    assert not AvailabilityException.objects.filter(provider=working_provider).exists()
+
+    response = client.post(url, _console_form(working_provider, day_off=day, confirm=True))
+    assert response.status_code == 302
+    consultation.refresh_from_db()
+    assert consultation.status == ConsultationStatus.CANCELLED
+    assert consultation.cancellation_reason == "provider unavailable"
+    assert consultation.cancelled_by_id == staff.pk
+    assert AvailabilityException.objects.filter(provider=working_provider, date=day).exists()
+
+
+def test_the_console_saves_a_change_that_spares_every_booking_at_once(
+    staff, working_provider, booked_at
+):
+    consultation = booked_at(11)
+    client = Client()
+    client.force_login(staff)
+    url = f"/admin/accounts/user/{working_provider.pk}/change/"
+    response = client.post(url, _console_form(working_provider, day_off=_day(working_provider, 6)))
+    assert response.status_code == 302
+    consultation.refresh_from_db()
+    assert consultation.status == ConsultationStatus.SCHEDULED

@@ -15,7 +15,7 @@ import re
 from drf_spectacular import openapi
 from drf_spectacular.utils import OpenApiResponse, extend_schema_serializer
 from rest_framework import serializers
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 
 from medease.pagination import MAX_PAGE_SIZE, CursorPagination
 
@@ -61,7 +61,8 @@ TAGS = {
 _MEANING = {
     400: "Bad input: `invalid` (see `fields`), `malformed_request` (unparseable JSON).",
     401: "No, bad, expired or revoked token: `not_authenticated`, `invalid_token`.",
-    403: "The caller's role may not do this: `forbidden`.",
+    403: "The caller may not do this: `forbidden` (their role), or a rule of the API "
+    "refused them (e.g. `mfa_enrolment_required` until a clinician enrols in MFA).",
     404: "Not found, or not the caller's: `not_found`.",
     409: "The state does not allow it.",
     413: "The body is over API_MAX_BODY_BYTES, refused before parsing: `too_large`.",
@@ -94,7 +95,13 @@ _HEADERS = {
     },
 }
 
-_BODY_METHODS = ("POST", "PUT", "PATCH")
+
+# What DRF's CharField refuses beyond its length: NUL anywhere, and (unless blank is allowed)
+# a value that trims to nothing. Python's \s is str.strip()'s whitespace.
+_NO_NUL = r"^[^\u0000]*$"
+_NOT_BLANK = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+# Times the API writes are wall-clock times without an offset, not RFC 3339's full-time.
+_WALL_CLOCK = r"^\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?$"
 
 
 class ErrorDetailOutput(serializers.Serializer):
@@ -174,6 +181,45 @@ class AutoSchema(openapi.AutoSchema):
                 del result["required"]
         return result
 
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if (
+            direction == "response"
+            and isinstance(field, serializers.TimeField)
+            and isinstance(schema, dict)
+            and schema.get("format") == "time"
+        ):
+            schema = {key: value for key, value in schema.items() if key != "format"}
+            schema["pattern"] = _WALL_CLOCK
+        return schema
+
+    def _insert_field_validators(self, field, schema):
+        super()._insert_field_validators(field, schema)
+        if (
+            isinstance(field, serializers.CharField)
+            and not field.read_only
+            and schema.get("type") == "string"
+            and not {"pattern", "format", "enum"} & set(schema)
+        ):
+            blank_refused = not field.allow_blank and field.trim_whitespace
+            schema["pattern"] = _NOT_BLANK if blank_refused else _NO_NUL
+
+    def _get_serializer(self):
+        # A DELETE body is documented only when a view names it (extend_schema(request=...)).
+        if self.method == "DELETE":
+            return None
+        return super()._get_serializer()
+
+    def _get_request_body(self, direction="request"):
+        if self.method != "DELETE" or self.get_request_serializer() is None:
+            return super()._get_request_body(direction)
+        # drf-spectacular documents the bodies of POST, PUT and PATCH only.
+        self.method = "POST"
+        try:
+            return super()._get_request_body(direction)
+        finally:
+            self.method = "DELETE"
+
     def _get_paginator(self):
         # Every list under /api/v1/ is cursor-paged by medease.pagination, also the ones an
         # APIView pages itself (chat history is not a list: it has its own shape).
@@ -182,6 +228,10 @@ class AutoSchema(openapi.AutoSchema):
     def _is_public(self) -> bool:
         return any(isinstance(p, AllowAny) for p in self.view.get_permissions())
 
+    def _may_refuse_users(self) -> bool:
+        # A permission beyond "signed in" (the default MfaEnrolled) can refuse anyone: 403.
+        return any(type(p) not in (AllowAny, IsAuthenticated) for p in self.view.get_permissions())
+
     def get_operation(self, path, path_regex, path_prefix, method, registry):
         operation = super().get_operation(path, path_regex, path_prefix, method, registry)
         if operation is None:
@@ -189,11 +239,13 @@ class AutoSchema(openapi.AutoSchema):
         responses = operation["responses"]
         statuses: list[int] = []
         parameters = operation.get("parameters", [])
-        has_body = self.method in _BODY_METHODS and "requestBody" in operation
+        has_body = "requestBody" in operation
         if has_body or any(p["in"] in ("query", "header") for p in parameters):
             statuses.append(400)
         if not self._is_public():
             statuses += [401, 429]  # the token; every authenticated call counts (api_user)
+            if self._may_refuse_users():
+                statuses.append(403)
         if any(p["in"] == "path" for p in parameters):
             statuses.append(404)
         if has_body:
@@ -203,6 +255,10 @@ class AutoSchema(openapi.AutoSchema):
                 responses[str(status)] = self._get_response_for_code(
                     error(status)[status], str(status)
                 )
+        for parameter in parameters:
+            # An empty optional query value (`?status=`) is the same as leaving it out.
+            if parameter["in"] == "query" and not parameter.get("required"):
+                parameter["allowEmptyValue"] = True
         for status, headers in _HEADERS.items():
             if str(status) in responses:
                 responses[str(status)].setdefault("headers", {}).update(headers)

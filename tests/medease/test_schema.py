@@ -84,9 +84,9 @@ def test_transitions_document_the_body_they_read(schema):
     assert request_properties(schema, paths[f"{base}/no-show"]["post"]) is None
     assert request_properties(schema, paths[f"{base}/reschedule"]["post"]) == {"slot"}
     # Only a patient's cancel has a cutoff; only a no-show can be too early.
-    assert "cancellation_closed" in paths[f"{base}/cancel"]["post"]["responses"]["409"][
-        "description"
-    ]
+    assert (
+        "cancellation_closed" in paths[f"{base}/cancel"]["post"]["responses"]["409"]["description"]
+    )
     assert "too_early" in paths[f"{base}/no-show"]["post"]["responses"]["409"]["description"]
 
 
@@ -127,3 +127,29 @@ def test_provider_notes_is_documented_but_not_promised(schema):
     assert "provider_notes" in consultation["properties"]
     assert "provider_notes" not in consultation["required"]
     assert "reason" in consultation["required"]
+
+
+def test_optional_query_values_may_be_empty(schema):
+    # DRF reads `?status=` as no status: the document says so, or clients guess.
+    for method, path, operation in operations(schema):
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "query" and not parameter.get("required"):
+                assert parameter.get("allowEmptyValue") is True, f"{method} {path}"
+
+
+def test_request_strings_say_what_drf_refuses(schema):
+    components = schema["components"]["schemas"]
+    # Not blank once trimmed, never NUL (CharField's own rules).
+    assert components["RecordInputRequest"]["properties"]["text"]["pattern"] == (
+        r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )
+    assert components["CancelInputRequest"]["properties"]["reason"]["pattern"] == (r"^[^\u0000]*$")
+    message = components["MessageSendRequest"]["properties"]
+    assert message["client_id"]["format"] == "printable"
+    assert message["body"]["maxLength"] == 10_000
+
+
+def test_wall_clock_times_are_not_rfc3339_times(schema):
+    preferences = schema["components"]["schemas"]["NotificationPreferenceOutput"]["properties"]
+    assert "format" not in preferences["quiet_hours_start"]
+    assert preferences["quiet_hours_start"]["pattern"].startswith(r"^\d{2}:\d{2}")

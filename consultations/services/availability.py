@@ -154,11 +154,16 @@ def availability_replace(
             if affected and on_conflict == "refuse":
                 raise AvailabilityConflicts(affected)
             for consultation in affected:
-                cancelled.append(
-                    consultation_cancel(
-                        consultation=consultation, actor=actor, reason=PROVIDER_UNAVAILABLE
+                try:
+                    cancelled.append(
+                        consultation_cancel(
+                            consultation=consultation, actor=actor, reason=PROVIDER_UNAVAILABLE
+                        )
                     )
-                )
+                except Conflict as exc:
+                    # Started or cancelled meanwhile (its savepoint rolled back): not ours.
+                    if exc.code != "invalid_transition":
+                        raise
         if windows is not None:
             Availability.objects.filter(provider=provider).delete()
             Availability.objects.bulk_create(

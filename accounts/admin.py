@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
 from types import MethodType
 
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.contrib.auth.views import PasswordChangeView
-from django.urls import reverse
+from django.urls import path, reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
 
-from accounts import services
+from accounts import console, mfa, services
 from accounts.forms import (
     ConsoleLoginForm,
     ConsoleOwnPasswordChangeForm,
@@ -22,6 +25,11 @@ from medease.audit import AuditAction, audit_log
 
 # The console's login counts failed passwords with the API login's limits.
 admin.site.login_form = ConsoleLoginForm
+# ... and asks for the second factor when the account has one (accounts/console.py); every
+# console page but logout and the MFA pages then needs an OTP-verified session.
+admin.site.login = MethodType(console.console_login, admin.site)
+_ungated_admin_view = admin.site.admin_view
+admin.site.admin_view = console.gated_admin_view(_ungated_admin_view)
 
 
 class _OwnPasswordChangeView(PasswordChangeView):
@@ -127,6 +135,53 @@ class UserAdmin(OrganizationScopedAdmin, DjangoUserAdmin):
             },
         )
     ]
+
+    actions = ["mfa_reset"]
+
+    def get_urls(self):
+        site = self.admin_site
+        return [
+            # The login's code step: before the login, so not behind admin_view.
+            path(
+                "mfa/verify/",
+                never_cache(csrf_protect(partial(console.mfa_verify, site))),
+                name="accounts_mfa_verify",
+            ),
+            path(
+                "mfa/setup/",
+                _ungated_admin_view(partial(console.mfa_setup, site)),
+                name="accounts_mfa_setup",
+            ),
+            path(
+                "mfa/",
+                _ungated_admin_view(partial(console.mfa_overview, site)),
+                name="accounts_mfa",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.action(
+        description="Reset two-factor sign-in (lost authenticator)", permissions=["change"]
+    )
+    def mfa_reset(self, request, queryset):
+        reset, refused = 0, []
+        for user in queryset:
+            # Not one's own (that needs a code, on the MFA page), nor an administrator's
+            # unless one is a superuser.
+            if user.pk == request.user.pk or (
+                (user.role == Role.ADMIN or user.is_superuser) and not request.user.is_superuser
+            ):
+                refused.append(user.email)
+                continue
+            mfa.mfa_reset(user=user)
+            reset += 1
+        self.message_user(
+            request, f"Two-factor sign-in reset for {reset} user(s); their sessions ended."
+        )
+        if refused:
+            self.message_user(
+                request, f"Not reset (not allowed): {', '.join(refused)}.", level="warning"
+            )
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)

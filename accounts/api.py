@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from django.conf import settings
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import status
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import limits, selectors, services
+from accounts import limits, mfa, selectors, services
 from accounts.serializers import (
     LoginInput,
+    LoginMfaInput,
+    LoginMfaRequiredOutput,
     LoginOutput,
     MeUpdateInput,
+    MfaCodeInput,
+    MfaStatusOutput,
     PasswordChangeInput,
+    RecoveryCodesOutput,
     RegisterInput,
+    TotpEnrolOutput,
     UserOutput,
 )
 from medease import ratelimit
@@ -57,7 +64,11 @@ class LoginApi(APIView):
         summary="Log in: email and password for a bearer token",
         request=LoginInput,
         responses={
-            200: LoginOutput,
+            200: PolymorphicProxySerializer(
+                component_name="LoginResult",
+                serializers=[LoginOutput, LoginMfaRequiredOutput],
+                resource_type_field_name=None,
+            ),
             **error(401, description="Wrong email or password: `invalid_credentials`."),
             **error(429),
             **error(503),
@@ -71,14 +82,21 @@ class LoginApi(APIView):
         # locked-out account answers 429 before the password is even checked.
         limits.password_attempt_check(request, email=email)
         try:
-            raw, token = services.auth_login(
-                email=email,
-                password=data.validated_data["password"],
-                user_agent=request.headers.get("User-Agent", ""),
-            )
+            user = services.auth_authenticate(email=email, password=data.validated_data["password"])
         except NotAuthenticated:
             limits.password_attempt_failed(request, email=email)
             raise
+        if mfa.mfa_enabled(user=user):
+            # Second step: no token until POST auth/login/mfa with a code.
+            body = {
+                "mfa_required": True,
+                "mfa_token": mfa.mfa_challenge_issue(user=user),
+                "expires_in": settings.MFA_TOKEN_SECONDS,
+            }
+            return Response(LoginMfaRequiredOutput(body).data)
+        raw, token = services.token_issue(
+            user=user, user_agent=request.headers.get("User-Agent", "")
+        )
         body = {
             "token": raw,
             "expires_at": token.expires_at,
@@ -90,6 +108,9 @@ class LoginApi(APIView):
 
 class LogoutApi(APIView):
     """Revoke the token this request was made with."""
+
+    # Also open to a clinician who still has to enrol in MFA.
+    permission_classes = [IsAuthenticated]
 
     @extend_schema(summary="Log out: revoke this token", request=None, responses={204: None})
     def post(self, request):
@@ -149,3 +170,151 @@ class MeApi(APIView):
             timezone_name=data.validated_data.get("timezone"),
         )
         return Response(UserOutput(user).data)
+
+
+def _no_store(response: Response) -> Response:
+    # Secrets and recovery codes: never kept by a browser or proxy cache.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class LoginMfaApi(APIView):
+    """Second step of a login with MFA: the mfa_token and a code for a bearer token."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        summary="Log in, second step: a code from the authenticator or a recovery code",
+        tags=["auth"],
+        request=LoginMfaInput,
+        responses={
+            200: LoginOutput,
+            **error(
+                401,
+                description="`mfa_token_invalid` (expired or used: log in again), `invalid_code`.",
+            ),
+            **error(429),
+            **error(503),
+        },
+    )
+    def post(self, request):
+        data = LoginMfaInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        raw, token = mfa.mfa_login(
+            request,
+            mfa_token=data.validated_data["mfa_token"],
+            code=data.validated_data["code"],
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        body = {
+            "token": raw,
+            "expires_at": token.expires_at,
+            "idle_expires_at": selectors.token_idle_expiry(token=token),
+            "user": token.user,
+        }
+        return Response(LoginOutput(body).data)
+
+
+class MfaStatusApi(APIView):
+    """Whether the caller has MFA, whether their clinic requires it, codes left."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(summary="Read my MFA status", tags=["auth"], responses={200: MfaStatusOutput})
+    def get(self, request):
+        user = request.user
+        body = {
+            "enabled": mfa.mfa_enabled(user=user),
+            "required": mfa.mfa_required_by_organization(user=user),
+            "recovery_codes_left": mfa.recovery_codes_left(user=user),
+        }
+        return Response(MfaStatusOutput(body).data)
+
+
+class TotpApi(APIView):
+    """Add (start) or remove the caller's authenticator app."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        summary="Start adding an authenticator app (confirm it with a code next)",
+        tags=["auth"],
+        request=None,
+        responses={
+            201: TotpEnrolOutput,
+            **error(403, "mfa_not_available"),
+            **error(409, "mfa_already_enabled"),
+        },
+    )
+    def post(self, request):
+        device = mfa.totp_enrol_start(user=request.user)
+        body = {"otpauth_uri": device.config_url, "secret": mfa.totp_secret(device)}
+        return _no_store(Response(TotpEnrolOutput(body).data, status=status.HTTP_201_CREATED))
+
+    @extend_schema(
+        summary="Remove the authenticator app and recovery codes (needs a current code)",
+        tags=["auth"],
+        request=MfaCodeInput,
+        responses={
+            204: None,
+            **error(403, "mfa_not_available"),
+            **error(409, "mfa_not_enabled"),
+            **error(503),
+        },
+    )
+    def delete(self, request):
+        data = MfaCodeInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        mfa.totp_disable(request, user=request.user, code=data.validated_data["code"])
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TotpConfirmApi(APIView):
+    """Confirm the authenticator being added; answers the recovery codes, once."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        summary="Confirm the authenticator app with a code; get recovery codes (shown once)",
+        tags=["auth"],
+        request=MfaCodeInput,
+        responses={
+            200: RecoveryCodesOutput,
+            **error(403, "mfa_not_available"),
+            **error(409, "mfa_enrolment_not_started", "mfa_already_enabled"),
+            **error(503),
+        },
+    )
+    def post(self, request):
+        data = MfaCodeInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        _device, codes = mfa.totp_enrol_confirm(
+            request, user=request.user, code=data.validated_data["code"]
+        )
+        return _no_store(Response(RecoveryCodesOutput({"recovery_codes": codes}).data))
+
+
+class RecoveryCodesApi(APIView):
+    """Replace the caller's recovery codes (the old ones stop working)."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        summary="Regenerate recovery codes (needs a current code; shown once)",
+        tags=["auth"],
+        request=MfaCodeInput,
+        responses={
+            200: RecoveryCodesOutput,
+            **error(403, "mfa_not_available"),
+            **error(409, "mfa_not_enabled"),
+            **error(503),
+        },
+    )
+    def post(self, request):
+        data = MfaCodeInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        codes = mfa.recovery_codes_regenerate(
+            request, user=request.user, code=data.validated_data["code"]
+        )
+        return _no_store(Response(RecoveryCodesOutput({"recovery_codes": codes}).data))

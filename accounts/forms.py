@@ -1,9 +1,10 @@
-"""Forms of the staff console that check passwords."""
+"""Forms of the staff console that check passwords and second-factor codes."""
 
 from __future__ import annotations
 
 import math
 
+from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.forms import (
     AdminPasswordChangeForm as AdminOwnPasswordChangeForm,
@@ -12,7 +13,7 @@ from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.core.exceptions import ValidationError
 
 from accounts import limits, services
-from medease.exceptions import RateLimited, ServiceUnavailable
+from medease.exceptions import ApplicationError, RateLimited, ServiceUnavailable
 
 
 def _attempt_check(request, *, email: str) -> None:
@@ -80,3 +81,53 @@ class ConsoleOwnPasswordChangeForm(AdminOwnPasswordChangeForm):
     def save(self, commit=True):
         services.user_set_password(user=self.user, password=self.cleaned_data["new_password1"])
         return self.user
+
+
+class _OneTimeCodeInput(forms.TextInput):
+    """A code field that comes back empty: a used or wrong code is never worth showing again."""
+
+    def format_value(self, value):
+        return None
+
+
+class ConsoleMfaCodeForm(forms.Form):
+    """A code from the authenticator app (or a recovery code), checked by a given service call.
+
+    ``check(code)`` is an accounts.mfa service; its errors (wrong code, too many tries, an
+    expired sign-in) become form errors, and its result is kept in ``self.result``.
+    """
+
+    code = forms.CharField(
+        label="Code",
+        max_length=64,
+        help_text="The 6 digits your authenticator app shows, or one of your recovery codes.",
+        widget=_OneTimeCodeInput(
+            attrs={"autocomplete": "one-time-code", "autofocus": True, "spellcheck": "false"}
+        ),
+    )
+
+    def __init__(self, *args, check, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.check = check
+        self.result = None
+
+    def clean(self):
+        code = self.cleaned_data.get("code")
+        if not code:
+            return self.cleaned_data
+        try:
+            self.result = self.check(code)
+        except RateLimited as exc:
+            raise ValidationError(
+                "Too many wrong codes. Try again in %(seconds)d second(s).",
+                code="rate_limited",
+                params={"seconds": math.ceil(exc.retry_after)},
+            ) from exc
+        except ServiceUnavailable as exc:
+            raise ValidationError(
+                "Signing in is temporarily unavailable. Try again shortly.", code="unavailable"
+            ) from exc
+        except ApplicationError as exc:
+            # A wrong or used code, an expired sign-in, nothing being set up.
+            raise ValidationError(exc.message, code=exc.code) from exc
+        return self.cleaned_data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zoneinfo
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.core.exceptions import ValidationError
@@ -11,6 +12,9 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils.timezone import now
+from django_otp.models import Device, ThrottlingMixin
+
+from accounts.recovery import recovery_code_matches
 
 
 def validate_timezone(value: str) -> None:
@@ -25,6 +29,14 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=60, unique=True)
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
     created_at = models.DateTimeField(default=now, editable=False)
+    mfa_required = models.BooleanField(
+        "MFA required",
+        default=False,
+        help_text=(
+            "Providers and staff must sign in with an authenticator app; those without one "
+            "are asked to set it up before they can do anything else."
+        ),
+    )
 
     class Meta:
         ordering = ["name"]
@@ -219,3 +231,44 @@ class AuthToken(models.Model):
 
     def __str__(self) -> str:
         return f"Token {self.pk} of user {self.user_id}"
+
+
+class RecoveryCodeDevice(ThrottlingMixin, Device):
+    """A user's single-use MFA recovery codes, as a django-otp device; only digests are kept."""
+
+    class Meta:
+        verbose_name = "MFA recovery codes"
+        verbose_name_plural = "MFA recovery codes"
+
+    def get_throttle_factor(self) -> int:
+        # The same back-off as the TOTP device: 1, 2, 4, ... seconds after each failure.
+        return getattr(settings, "OTP_TOTP_THROTTLE_FACTOR", 1)
+
+    def verify_token(self, token) -> bool:
+        """Consume the code if it is one of ours (each works once), under django-otp's throttle."""
+        allowed, _ = self.verify_is_allowed()
+        if not allowed:
+            return False
+        match = next(
+            (code for code in self.codes.all() if recovery_code_matches(code.digest, str(token))),
+            None,
+        )
+        if match is None:
+            self.throttle_increment()
+            return False
+        # A conditional delete: of two requests racing with one code, only one removes it.
+        deleted, _ = RecoveryCode.objects.filter(pk=match.pk).delete()
+        if not deleted:
+            return False
+        self.throttle_reset()
+        return True
+
+
+class RecoveryCode(models.Model):
+    """One unused recovery code: a random salt and the SHA-256 of salt and code, never the code."""
+
+    device = models.ForeignKey(RecoveryCodeDevice, on_delete=models.CASCADE, related_name="codes")
+    digest = models.CharField(max_length=97)
+
+    def __str__(self) -> str:
+        return f"Recovery code {self.pk} of device {self.device_id}"

@@ -43,3 +43,41 @@ class MeUpdateInput(serializers.Serializer):
 class PasswordChangeInput(serializers.Serializer):
     old_password = serializers.CharField(max_length=128, trim_whitespace=False)
     new_password = serializers.CharField(max_length=128, trim_whitespace=False)
+
+
+class LoginMfaRequiredOutput(serializers.Serializer):
+    """The password was right and the account has MFA: send the code to ``auth/login/mfa``."""
+
+    mfa_required = serializers.BooleanField(help_text="Always true in this shape.")
+    mfa_token = serializers.CharField(help_text="Single use; pass it to POST auth/login/mfa.")
+    expires_in = serializers.IntegerField(help_text="Seconds the mfa_token stays valid.")
+
+
+class LoginMfaInput(serializers.Serializer):
+    mfa_token = serializers.CharField(max_length=1000, trim_whitespace=True)
+    code = serializers.CharField(
+        max_length=64, help_text="6 digits from the authenticator app, or a recovery code."
+    )
+
+
+class MfaCodeInput(serializers.Serializer):
+    code = serializers.CharField(
+        max_length=64, help_text="6 digits from the authenticator app, or a recovery code."
+    )
+
+
+class MfaStatusOutput(serializers.Serializer):
+    enabled = serializers.BooleanField(help_text="A confirmed authenticator is set up.")
+    required = serializers.BooleanField(help_text="The user's clinic requires MFA.")
+    recovery_codes_left = serializers.IntegerField()
+
+
+class TotpEnrolOutput(serializers.Serializer):
+    otpauth_uri = serializers.CharField(help_text="otpauth://totp/... for a QR code.")
+    secret = serializers.CharField(help_text="The same key in base32, to type in.")
+
+
+class RecoveryCodesOutput(serializers.Serializer):
+    recovery_codes = serializers.ListField(
+        child=serializers.CharField(), help_text="Shown once; each works once in place of a code."
+    )

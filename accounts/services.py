@@ -164,8 +164,8 @@ def token_issue(*, user: User, user_agent: str = "") -> tuple[str, AuthToken]:
     return raw, token
 
 
-def auth_login(*, email: str, password: str, user_agent: str = "") -> tuple[str, AuthToken]:
-    """Check credentials and issue a token.
+def auth_authenticate(*, email: str, password: str) -> User:
+    """The active user with these credentials, or NotAuthenticated.
 
     Unknown email and wrong password raise the same error; Django's ModelBackend also
     hashes a dummy password for unknown users so the two take about the same time.
@@ -173,6 +173,12 @@ def auth_login(*, email: str, password: str, user_agent: str = "") -> tuple[str,
     user = authenticate(username=normalize_email(email), password=password)
     if user is None:
         raise NotAuthenticated("Email or password is incorrect.", code="invalid_credentials")
+    return user
+
+
+def auth_login(*, email: str, password: str, user_agent: str = "") -> tuple[str, AuthToken]:
+    """Check credentials and issue a token (no second factor: see accounts.mfa)."""
+    user = auth_authenticate(email=email, password=password)
     return token_issue(user=user, user_agent=user_agent)
 
 

@@ -81,6 +81,9 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    # TOTP for clinicians; recovery codes are accounts' own device (hashed, docs/operations.md).
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "medease",
     "accounts",
     "consultations",
@@ -102,6 +105,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(): the console session passed the second factor.
+    "django_otp.middleware.OTPMiddleware",
     "medease.middleware.ConsoleTimezoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -285,9 +290,14 @@ RATE_LIMITS = {
     "booking_user": (env.str("RATE_BOOKING_USER", default="30/h"), True),
     "message_user": (env.str("RATE_MESSAGE_USER", default="20/10s"), True),
     "api_user": (env.str("RATE_API_USER", default="1200/m"), True),
+    # Wrong MFA codes per account (API and console share it), on top of django-otp's own
+    # exponential back-off per device.
+    "mfa_user": (env.str("RATE_MFA_USER", default="10/15m"), False),
 }
 
 # --- Authentication ----------------------------------------------------------------------
+# Django's ModelBackend, loading the session's user with what the console's MFA gate reads.
+AUTHENTICATION_BACKENDS = ["accounts.backends.AccountsBackend"]
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.Argon2PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
@@ -311,6 +321,12 @@ if TOKEN_CACHE_SECONDS < 0:
     raise ImproperlyConfigured("TOKEN_CACHE_SECONDS must be 0 or more.")
 # last_used_at is written at most this often per token, so reads stay reads.
 TOKEN_TOUCH_INTERVAL = timedelta(seconds=_positive_int("TOKEN_TOUCH_INTERVAL_SECONDS", 60))
+# Multi-factor authentication (accounts/mfa.py): the name authenticator apps show, how long
+# the password step's mfa_token (API) or pending console login lasts, and how many
+# single-use recovery codes a user gets.
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="MedEase")
+MFA_TOKEN_SECONDS = _positive_int("MFA_TOKEN_SECONDS", 300)
+MFA_RECOVERY_CODES = _positive_int("MFA_RECOVERY_CODES", 10)
 
 # --- Internationalization ----------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -353,7 +369,11 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # --- REST framework and OpenAPI ----------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.BearerTokenAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        # A clinic's mfa_required: its clinicians enrol before anything else.
+        "accounts.permissions.MfaEnrolled",
+    ],
     "DEFAULT_PAGINATION_CLASS": "medease.pagination.CursorPagination",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["medease.parsers.JSONParser"],

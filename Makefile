@@ -16,7 +16,7 @@ HONCHO := $(BIN)/python -c 'import honcho.manager, honcho.command; \
 	honcho.manager.KILL_WAIT = 10; honcho.command.main()'
 
 .PHONY: run test lint format migrate seed bench clean install install-dev \
-	cluster cluster-stop cluster-status cluster-smoke
+	cluster cluster-stop cluster-status cluster-smoke browser-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,16 @@ test: install-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	MEDEASE_VAR_DIR=$${MEDEASE_VAR_DIR:-$(CURDIR)/var/test} $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## browser-deps: Debian's chromium and chromedriver, for the real-browser console tests (root)
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "chromium and chromedriver are installed"; \
+	else \
+		DEBIAN_FRONTEND=noninteractive apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			chromium chromium-driver; \
+	fi
 
 lint: install-dev
 	$(BIN)/ruff check .

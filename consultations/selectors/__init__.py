@@ -32,6 +32,7 @@ from consultations.selectors.queue import (
     queue_entry_get_for_user,
     queue_typical_minutes,
     queue_wait_estimator,
+    queue_wait_estimators,
     queue_waiting,
 )
 from consultations.selectors.records import patient_get_for_records, records_for_user
@@ -57,6 +58,7 @@ __all__ = [
     "queue_lengths",
     "queue_typical_minutes",
     "queue_wait_estimator",
+    "queue_wait_estimators",
     "queue_waiting",
     "records_for_user",
     "slots_open",

@@ -16,7 +16,7 @@ from consultations.lifecycle import ACTIVE_STATUSES
 from consultations.models import Consultation, ConsultationStatus, QueueEntry, QueueStatus
 from consultations.selectors.consultations import consultations_for_user, unread_counts_for
 from consultations.selectors.providers import provider_today_bounds
-from consultations.selectors.queue import queue_entries_with_position, queue_wait_estimator
+from consultations.selectors.queue import queue_entries_with_position, queue_wait_estimators
 from consultations.serializers import ConsultationOutput, QueueEntryOutput
 
 
@@ -65,10 +65,10 @@ def _serialize_consultations(rows, *, clinician: bool) -> list[dict]:
 def _patient(user: User, tz: ZoneInfo) -> dict:
     upcoming = dashboard_upcoming_for_patient(user=user)
     queue = dashboard_queue_for_patient(user=user)
-    # One estimator per provider queued with (two queries each; a patient waits in few).
-    estimators = {
-        entry.provider_id: queue_wait_estimator(provider=entry.provider) for entry in queue
-    }
+    # Every queue's estimate in two queries, however many queues the patient waits in.
+    estimators = queue_wait_estimators(
+        providers=list({e.provider_id: e.provider for e in queue}.values())
+    )
     return {
         "role": "patient",
         "upcoming": _serialize_consultations(upcoming, clinician=False),
@@ -121,7 +121,7 @@ def dashboard_queue_for_patient(*, user: User) -> list[QueueEntry]:
         queue_entries_with_position()
         .visible_to(user)
         .filter(patient=user, status=QueueStatus.WAITING)
-        .select_related("provider")
+        .select_related("provider__provider_profile")
         .order_by("joined_at", "id")[:10]
     )
 

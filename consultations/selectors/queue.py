@@ -6,8 +6,8 @@ import statistics
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Window
+from django.db.models.functions import Coalesce, RowNumber
 from django.utils import timezone
 
 from accounts.models import User
@@ -92,14 +92,62 @@ def queue_current_remaining_minutes(*, provider: User, typical: float) -> float:
     return max(0.0, typical - elapsed)
 
 
-def queue_wait_estimator(*, provider: User):
-    """A function position → estimated wait in minutes (two queries, whatever the count)."""
-    typical = queue_typical_minutes(provider=provider)
-    current = queue_current_remaining_minutes(provider=provider, typical=typical)
-
+def _estimator(*, typical: float, current: float):
     def estimate(position: int | None) -> int | None:
         if position is None:
             return None
         return round((position - 1) * typical + current)
 
     return estimate
+
+
+def queue_wait_estimator(*, provider: User):
+    """A function position → estimated wait in minutes (two queries, whatever the count)."""
+    typical = queue_typical_minutes(provider=provider)
+    current = queue_current_remaining_minutes(provider=provider, typical=typical)
+    return _estimator(typical=typical, current=current)
+
+
+def queue_wait_estimators(*, providers: list[User]) -> dict[int, object]:
+    """:func:`queue_wait_estimator` of several providers at once, in two queries (a patient
+    waiting in several queues). Each provider's ``provider_profile`` should be selected."""
+    if not providers:
+        return {}
+    ids = [provider.pk for provider in providers]
+    since = timezone.now() - timedelta(days=settings.QUEUE_WAIT_HISTORY_DAYS)
+    recent = (
+        Consultation.objects.filter(
+            provider_id__in=ids,
+            status=ConsultationStatus.COMPLETED,
+            started_at__isnull=False,
+            completed_at__gte=since,
+        )
+        .annotate(
+            recency=Window(
+                RowNumber(), partition_by=[F("provider_id")], order_by=F("completed_at").desc()
+            )
+        )
+        .filter(recency__lte=settings.QUEUE_WAIT_HISTORY)
+        .values_list("provider_id", "started_at", "completed_at")
+    )
+    durations: dict[int, list[float]] = {pk: [] for pk in ids}
+    for provider_id, begun, done in recent:
+        if done > begun:
+            durations[provider_id].append((done - begun).total_seconds() / 60)
+    started = dict(
+        Consultation.objects.filter(provider_id__in=ids, status=ConsultationStatus.IN_PROGRESS)
+        .order_by("provider_id", "-started_at")
+        .distinct("provider_id")
+        .values_list("provider_id", "started_at")
+    )
+    now = timezone.now()
+    estimators = {}
+    for provider in providers:
+        own = durations[provider.pk]
+        typical = (
+            statistics.median(own) if own else float(provider.provider_profile.consultation_minutes)
+        )
+        begun = started.get(provider.pk)
+        current = 0.0 if begun is None else max(0.0, typical - (now - begun).total_seconds() / 60)
+        estimators[provider.pk] = _estimator(typical=typical, current=current)
+    return estimators

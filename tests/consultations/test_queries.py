@@ -203,15 +203,7 @@ def test_notifications_list(django_assert_num_queries, token_client, patient):
 @pytest.mark.parametrize(
     ("role", "queries"),
     [
-        pytest.param(
-            "patient",
-            None,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="per-queue N+1: consultations/selectors/dashboard.py builds one wait "
-                "estimator per queue (3 queries each); pin the count once it is batched",
-            ),
-        ),
+        ("patient", 8),
         ("provider", 7),
         ("staff", 7),
     ],

@@ -9,7 +9,7 @@ import time_machine
 from django.utils import timezone
 
 from accounts.models import Role
-from consultations import services
+from consultations import selectors, services
 from consultations.models import (
     Consultation,
     ConsultationKind,
@@ -201,3 +201,28 @@ def test_stale_entries_expire(patients, provider, settings):
     assert old.status == QueueStatus.EXPIRED
     assert old.expired_at is not None
     assert fresh.status == QueueStatus.WAITING
+
+
+def test_estimates_of_several_queues_at_once_match_one_at_a_time(
+    settings, patients, provider, make_user, organization
+):
+    settings.QUEUE_WAIT_HISTORY = 3  # only each provider's three latest count
+    busy = make_user(Role.PROVIDER, organization=organization)
+    fresh = make_user(Role.PROVIDER, organization=organization)  # no history: its own length
+    someone = make_user(Role.PATIENT)
+    for n, minutes in enumerate((90, 10, 12, 50)):  # the 90 is the oldest: left out
+        _completed(someone, provider, minutes, ago_hours=20 - 3 * n)
+    for minutes in (20, 20, 20):
+        _completed(someone, busy, minutes, ago_hours=3)
+    services.queue_join(patient=patients[0], provider=busy)
+    services.queue_call_next(provider=busy, actor=busy)  # in progress with busy
+    providers = list(
+        type(provider)
+        .objects.select_related("provider_profile")
+        .filter(pk__in=[provider.pk, busy.pk, fresh.pk])
+    )
+    batched = selectors.queue_wait_estimators(providers=providers)
+    for p in providers:
+        single = selectors.queue_wait_estimator(provider=p)
+        assert [batched[p.pk](n) for n in (None, 1, 2, 3)] == [single(n) for n in (None, 1, 2, 3)]
+    assert batched[provider.pk](2) == 12

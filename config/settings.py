@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "messaging",
     "workers",
     "attachments",
+    "visits",
 ]
 
 MIDDLEWARE = [
@@ -647,6 +648,24 @@ MESSAGING_OFFLINE_NOTIFY_SECONDS = _positive_int("MESSAGING_OFFLINE_NOTIFY_SECON
 # its session cookie; empty means "hosts in ALLOWED_HOSTS". Ticket connections carry no
 # ambient credential, so they are accepted from any origin.
 MESSAGING_WS_ALLOWED_ORIGINS = env.list("MESSAGING_WS_ALLOWED_ORIGINS", default=[])
+
+# --- Video visits ----------------------------------------------------------------------------
+# WebRTC calls (visits/): media flows browser to browser; MedEase relays the signaling and
+# hands out TURN credentials in the TURN REST form (coturn's use-auth-secret). No TURN_URLS:
+# an empty ice_servers list (the embedded default, loopback only).
+TURN_URLS = env.list("TURN_URLS", default=[])
+TURN_SECRET = env.str("TURN_SECRET", default="")
+if TURN_URLS and not TURN_SECRET:
+    raise ImproperlyConfigured("TURN_URLS is set but TURN_SECRET (the static auth secret) is not.")
+for _turn_url in TURN_URLS:
+    if not _turn_url.startswith(("turn:", "turns:", "stun:")):
+        raise ImproperlyConfigured(f"TURN_URLS: {_turn_url!r} is not a turn:, turns: or stun: URL.")
+# How long handed-out TURN credentials stay valid.
+TURN_TTL_SECONDS = _positive_int("TURN_TTL_SECONDS", 3600)
+# Largest call.signal payload (its "data", as JSON) relayed; larger ones answer too_large.
+VISIT_SIGNAL_MAX_BYTES = _positive_int("VISIT_SIGNAL_MAX_BYTES", 64 * 1024)
+# A patient who never joined the video call this long after the scheduled end is a no-show.
+VISIT_NO_SHOW_GRACE_MINUTES = _positive_int("VISIT_NO_SHOW_GRACE_MINUTES", 15)
 # Monthly message partitions (PostgreSQL) kept ready ahead of the current month.
 MESSAGING_PARTITION_MONTHS_AHEAD = _positive_int("MESSAGING_PARTITION_MONTHS_AHEAD", 3)
 # A fan-out that takes longer than this is abandoned (the message is stored; clients

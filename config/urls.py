@@ -18,6 +18,7 @@ api_v1 = [
     path("", include("consultations.urls")),
     path("", include("messaging.urls")),
     path("", include("attachments.urls")),
+    path("", include("visits.urls")),
 ]
 
 urlpatterns = [

@@ -11,13 +11,14 @@ Everything else is derived from the two tables below:
 * the API's transition endpoints (``POST consultations/{id}/<path>``).
 
 To add a state, add it to ``ConsultationStatus`` and ``STATES`` (plus a migration for the
-choices, and one for the constraint if it is active). To add an action or a fact ("who joined
-when"), add a ``Transition`` (and the timestamp/actor fields it stamps on the model).
+choices, and one for the constraint if it is active). To add an action, add a ``Transition``
+(and the timestamp/actor fields it stamps on the model); a fact that changes no status ("who
+joined when"), a ``Fact``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from django.db import models
@@ -155,6 +156,35 @@ TRANSITIONS: Mapping[str, Transition] = {
     )
 }
 
+
+# Facts: moments recorded on a consultation without changing its status, by role of the
+# user they are about. The video visit (visits/) stamps ``joined`` the first time each side
+# joins the call (a conditional UPDATE on the still-empty field, so only the first counts);
+# the provider's first join also takes the ``start`` transition above. The no-show job of
+# the visit reads them: a patient who never joined is a patient no-show, a provider who never
+# joined is reported to the clinic and the patient, never counted against the patient.
+@dataclass(frozen=True)
+class Fact:
+    """A moment in a consultation's life that is recorded, not a change of status."""
+
+    name: str
+    # Role -> the timestamp field stamped for a user of that role (once: the first time).
+    stamps: Mapping[str, str]
+    # The statuses in which the fact may still be recorded.
+    while_in: frozenset[str]
+
+
+FACTS: Mapping[str, Fact] = {
+    f.name: f
+    for f in (
+        Fact(
+            name="joined",
+            stamps={PATIENT: "patient_joined_at", PROVIDER: "provider_joined_at"},
+            while_in=frozenset({ConsultationStatus.SCHEDULED, ConsultationStatus.IN_PROGRESS}),
+        ),
+    )
+}
+
 ACTIVE_STATUSES: tuple[str, ...] = tuple(s for s, state in STATES.items() if state.active)
 TREATING_STATUSES: tuple[str, ...] = tuple(s for s, state in STATES.items() if state.treating)
 # The actions served by the generic endpoint, by URL segment.
@@ -169,3 +199,21 @@ def actions_for_role(role: str) -> list[str]:
 def is_active(status: str) -> bool:
     """Whether a consultation in this status takes its provider's time (and its chat is open)."""
     return STATES[status].active
+
+
+# Told after commit that a consultation left the active statuses (completed, cancelled,
+# no-show): how a higher app (the video visit ends its call) follows the lifecycle without
+# consultations importing it. Each gets the consultation id; it must not raise.
+ClosedListener = Callable[[int], None]
+_closed_listeners: list[ClosedListener] = []
+
+
+def on_closed(listener: ClosedListener) -> None:
+    """Call ``listener(consultation_id)`` after commit whenever a consultation closes."""
+    if listener not in _closed_listeners:
+        _closed_listeners.append(listener)
+
+
+def closed_listeners() -> tuple[ClosedListener, ...]:
+    """The registered listeners (the transition service calls them on commit)."""
+    return tuple(_closed_listeners)

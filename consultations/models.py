@@ -214,6 +214,9 @@ class Consultation(ClinicRowMixin, models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
     no_show_at = models.DateTimeField(null=True, blank=True)
+    # Facts of the video visit (lifecycle.FACTS): when each side first joined the call.
+    patient_joined_at = models.DateTimeField(null=True, blank=True)
+    provider_joined_at = models.DateTimeField(null=True, blank=True)
     cancelled_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.SET_NULL,

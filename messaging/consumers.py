@@ -48,6 +48,8 @@ from messaging import events, permissions, presence, selectors, services
 from messaging.audit import audit_chat_read, audit_message_created
 from messaging.scope import ScopeRequest
 from messaging.serializers import MAX_ID, MessageSendInput, message_payload
+from visits import events as call_events
+from visits import selectors as call_selectors
 
 logger = logging.getLogger("medease.messaging")
 
@@ -122,6 +124,13 @@ def _send(request, consultation_id: int, body, client_id) -> dict:
 def _read(user, consultation_id: int, message_id: int) -> None:
     user, consultation = _authorize(user, consultation_id)
     services.read_marker_advance(consultation=consultation, user=user, message_id=message_id)
+
+
+@_db
+def _call_signal_check(user, consultation_id: int, recipient_id: int) -> None:
+    call_selectors.call_signal_check(
+        sender_id=user.pk, recipient_id=recipient_id, consultation_id=consultation_id
+    )
 
 
 @_db
@@ -367,6 +376,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             "message.send": self._on_send,
             "typing": self._on_typing,
             "read": self._on_read,
+            "call.signal": self._on_call_signal,
         }.get(event["type"])
         if handler is None:
             return await self._error("unknown_type", f"Unknown event type {event['type']!r}.")
@@ -442,6 +452,29 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         message_id = _parse_id(event.get("message_id"), name="message_id", minimum=1)
         await _read(self.user, self.consultation_id, message_id)
 
+    async def _on_call_signal(self, event: dict) -> None:
+        # WebRTC signaling (visits/): relayed as is, between two users in the call only.
+        # It counts against this connection's event budget like any inbound event.
+        recipient = event.get("to")
+        if isinstance(recipient, bool) or not isinstance(recipient, int) or recipient < 1:
+            raise InvalidInput("to must be a user id.", fields={"to": ["Invalid."]})
+        data = event.get("data")
+        if not isinstance(data, dict):
+            raise InvalidInput("data must be an object.", fields={"data": ["Invalid."]})
+        limit = settings.VISIT_SIGNAL_MAX_BYTES
+        if len(json.dumps(data, separators=(",", ":")).encode("utf-8")) > limit:
+            return await self._error("too_large", f"Signals are limited to {limit} bytes.")
+        await _call_signal_check(self.user, self.consultation_id, recipient)
+        await call_events.asend(
+            self.consultation_id,
+            call_events.call_signal_event(
+                consultation_id=self.consultation_id,
+                sender_id=self.user.pk,
+                recipient_id=recipient,
+                data=data,
+            ),
+        )
+
     # --- Events from the channel layer -----------------------------------------------
 
     async def chat_message(self, event):
@@ -461,6 +494,16 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             await self._send_json(
                 {"type": "presence", "user": event["user"], "online": event["online"]}
             )
+
+    async def call_signal(self, event):
+        # Fanned out to the consultation's group: only the recipient's sockets write it.
+        if event["to"] == self.user.pk:
+            await self._send_json(
+                {"type": "call.signal", "from": event["from"], "data": event["data"]}
+            )
+
+    async def call_state(self, event):
+        await self._send_json({"type": "call.state", "call": event["call"]})
 
     async def session_revoked(self, event):
         await self.close(code=CLOSE_UNAUTHENTICATED)

@@ -16,6 +16,7 @@ PACKAGES = (
     "consultations",
     "messaging",
     "attachments",
+    "visits",
     "workers",
     "medease",
     "config",

@@ -77,6 +77,13 @@ CASES: dict[str, dict[str, dict]] = {
     },
     "attachment": {"get": {"outsiders": NOT_FOUND, "owner": "patient"}},
     "attachment-complete": {"post": {"outsiders": NOT_FOUND}},
+    # Video visits (visits/urls.py): the consultation's people (GET: also its clinic's staff;
+    # tests/visits/ has the owners' answers, which need a joined call).
+    "consultation-call": {
+        "get": {"outsiders": NOT_FOUND},
+        "post": {"outsiders": NOT_FOUND},
+        "delete": {"outsiders": NOT_FOUND},
+    },
 }
 
 _HTTP_METHODS = ("get", "post", "put", "patch", "delete")

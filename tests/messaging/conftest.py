@@ -23,10 +23,10 @@ from accounts import services as account_services
 from accounts.models import Role
 from consultations.models import Consultation, ConsultationStatus
 from messaging import events, presence, services
-from workers import services as worker_services
+from messaging import notifications as chat_notifications
 
-# The outbox's own function, before the autouse fixture below replaces it with a recorder.
-REAL_NOTIFY_UNREAD = worker_services.notify_unread_messages
+# The chat's own function, before the autouse fixture below replaces it with a recorder.
+REAL_NOTIFY_UNREAD = chat_notifications.notify_unread_messages
 
 # Generous: two slow cores, a database thread shared by every consumer.
 TIMEOUT = 5
@@ -56,7 +56,7 @@ def _fresh_chat_state():
 
 @pytest.fixture(autouse=True)
 def notified(monkeypatch):
-    """Calls of the outbox's notify_unread_messages, as (user id, consultation id)."""
+    """Calls of the chat's notify_unread_messages, as (user id, consultation id)."""
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(
         services.notifications,

@@ -32,16 +32,3 @@ __all__ = [
     "quiet_hours_end",
     "retry_delay",
 ]
-
-# TEMPORARY (issue 9): tests/messaging/conftest.py still reads notify_unread_messages here;
-# it now lives in messaging.notifications. Resolved lazily, on first use. Remove once that
-# file imports it from messaging, so that workers names no domain app at all.
-_MOVED = {"notify_unread_messages": "messaging.notifications"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

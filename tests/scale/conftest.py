@@ -178,9 +178,10 @@ def node_env(
         LOG_FORMAT="text",
         DB_ROUTING_DIAGNOSTICS="1",
         DATABASE_POOL_MAX_SIZE=str(POOL_MAX_SIZE),
-        # Every test client is 127.0.0.1: tests give themselves addresses through X-Real-IP
+        # Every test client is 127.0.0.1: tests give themselves addresses through
+        # X-Forwarded-For (believed from loopback only because it is a trusted proxy here),
         # so that per-IP limits of one test do not spill into another.
-        RATELIMIT_IP_META_KEY="HTTP_X_REAL_IP",
+        TRUSTED_PROXIES="127.0.0.1",
         RATE_REGISTER_IP="100000/h",
         RATE_API_USER="1000000/m",
     )
@@ -376,6 +377,6 @@ def clinic(scale_db) -> Clinic:
 
 @pytest.fixture
 def test_ip() -> str:
-    """A client address of this test's own (sent as X-Real-IP)."""
+    """A client address of this test's own (sent as X-Forwarded-For)."""
     value = int(unique()[:6], 16)
     return f"10.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"

@@ -231,7 +231,7 @@ class Http:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if self.ip:
-            headers.setdefault("X-Real-IP", self.ip)
+            headers.setdefault("X-Forwarded-For", self.ip)
         response = self.client.request(method, path, headers=headers, **kwargs)
         self.client.cookies.clear()
         return response

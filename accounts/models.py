@@ -210,6 +210,15 @@ class PatientProfile(models.Model):
     date_of_birth = models.DateField(null=True, blank=True)
     phone = models.CharField(max_length=32, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # The clinic whose front desk registered the patient (they are known there before any
+    # visit); patients who signed up themselves have none.
+    registered_by_organization = models.ForeignKey(
+        Organization,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="registered_patients",
+    )
 
     def __str__(self) -> str:
         return f"Patient profile of {self.user.full_name}"

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+import smtplib
 from collections.abc import Iterable
+from datetime import date
 
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.password_validation import validate_password
+from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, QuerySet
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 
 from accounts import token_cache
 from accounts.models import (
@@ -26,6 +35,8 @@ from accounts.models import (
 from accounts.tokens import TokenFacts, token_digest
 from medease import db as db_routing
 from medease.exceptions import Conflict, InvalidInput, NotAuthenticated
+
+logger = logging.getLogger("accounts")
 
 # The error code of a wrong current password (counted like a failed login).
 WRONG_PASSWORD = "wrong_password"  # noqa: S105 - an error code, not a secret
@@ -62,7 +73,7 @@ def organization_create(*, name: str, slug: str, timezone_name: str = "UTC") -> 
 def user_create(
     *,
     email: str,
-    password: str,
+    password: str | None,
     full_name: str,
     role: str = Role.PATIENT,
     organization: Organization | None = None,
@@ -134,6 +145,69 @@ def patient_register(*, email: str, password: str, full_name: str, timezone_name
         role=Role.PATIENT,
         timezone_name=timezone_name,
     )
+
+
+def patient_register_at_desk(
+    *,
+    organization: Organization,
+    email: str,
+    full_name: str,
+    phone: str = "",
+    date_of_birth: date | None = None,
+    timezone_name: str | None = None,
+) -> User:
+    """A clinic's front desk registers a patient: no password yet, known to that clinic; after
+    commit they get an e-mail with a link to set their password."""
+    with transaction.atomic():
+        # password=None: an unusable password until they follow the link.
+        user = user_create(
+            email=email,
+            password=None,
+            full_name=full_name,
+            role=Role.PATIENT,
+            timezone_name=timezone_name or organization.timezone,
+            validate=False,
+        )
+        PatientProfile.objects.filter(user=user).update(
+            phone=phone.strip(),
+            date_of_birth=date_of_birth,
+            registered_by_organization=organization,
+        )
+        transaction.on_commit(
+            lambda: patient_set_password_email_send(user=user, organization=organization)
+        )
+    return user
+
+
+def patient_set_password_link(*, user: User) -> str:
+    """The absolute link (settings.SITE_URL) to the page where the user sets a password; it
+    stops working once a password is set (the token hashes the current one)."""
+    uid = urlsafe_base64_encode(force_bytes(user.pk))
+    token = default_token_generator.make_token(user)
+    path = reverse("frontdesk:set_password", kwargs={"uidb64": uid, "token": token})
+    return f"{settings.SITE_URL}{path}"
+
+
+def patient_set_password_email_send(*, user: User, organization: Organization) -> bool:
+    """Send the set-password e-mail now (called on commit). Not through the outbox: the link
+    is a credential and must not be stored. A failure is logged and reported, not raised."""
+    context = {
+        "user": user,
+        "organization": organization,
+        "link": patient_set_password_link(user=user),
+        "valid_days": max(1, settings.PASSWORD_RESET_TIMEOUT // 86400),
+    }
+    try:
+        send_mail(
+            subject=f"{organization.name}: set your MedEase password",
+            message=render_to_string("accounts/email/desk_welcome.txt", context),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=[user.email],
+        )
+    except (OSError, smtplib.SMTPException):
+        logger.warning("set-password e-mail to user %s not sent", user.pk, exc_info=True)
+        return False
+    return True
 
 
 def user_update_profile(

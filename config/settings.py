@@ -71,6 +71,9 @@ PORT = _positive_int("PORT", 8000)
 # --- Applications ------------------------------------------------------------------------
 INSTALLED_APPS = [
     "daphne",
+    # Before the admin: its admin/index.html (the console's home with the front desk's links)
+    # extends the admin's own.
+    "frontdesk",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

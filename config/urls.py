@@ -32,6 +32,8 @@ urlpatterns = [
     path("health/live", ops.health_live, name="health-live"),
     path("health/ready", ops.health_ready, name="health-ready"),
     path("metrics", ops.metrics_view, name="metrics"),
+    # The front desk's pages, inside the console (before the admin's catch-all).
+    path("admin/desk/", include("frontdesk.urls")),
     path("admin/", admin.site.urls),
 ]
 

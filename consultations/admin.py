@@ -14,10 +14,12 @@ from zoneinfo import ZoneInfo
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.forms.models import BaseInlineFormSet
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 
 from accounts import admin as accounts_admin
 from accounts.models import Organization, Role, User
@@ -290,7 +292,7 @@ class ConsultationAdmin(AuditedReadAdmin):
     fields = [
         "status",
         "kind",
-        "patient",
+        "patient_link",
         "provider",
         "organization",
         "slot",
@@ -316,6 +318,16 @@ class ConsultationAdmin(AuditedReadAdmin):
     @admin.display(description="provider", ordering="provider__full_name")
     def provider_name(self, obj):
         return obj.provider.full_name
+
+    @admin.display(description="patient")
+    def patient_link(self, obj):
+        # Patients have no user page for staff (the user admin is the clinic's members): the
+        # front desk's patient page is where the clinic sees one.
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("frontdesk:patient", args=[obj.patient_id]),
+            obj.patient.full_name,
+        )
 
     def has_add_permission(self, request):
         return False  # bookings are made through the API (or its services)
@@ -344,9 +356,13 @@ class ConsultationAdmin(AuditedReadAdmin):
         if refused:
             self.message_user(request, "Not changed: " + "; ".join(refused), messages.WARNING)
 
-    @admin.action(description="Cancel selected consultations", permissions=["change"])
+    @admin.action(description="Cancel selected consultations…", permissions=["change"])
     def cancel_selected(self, request, queryset):
-        self._run(request, queryset, services.consultation_cancel, "cancelled")
+        # Never in one click: the front desk's page lists the visits and who will be told, and
+        # asks for the reason the patients get.
+        ids = list(queryset.order_by("scheduled_start", "id").values_list("pk", flat=True)[:101])
+        query = urlencode({"ids": ",".join(map(str, ids)), "next": request.get_full_path()})
+        return HttpResponseRedirect(f"{reverse('frontdesk:cancel')}?{query}")
 
     @admin.action(description="Mark selected consultations as no-show", permissions=["change"])
     def mark_no_show_selected(self, request, queryset):

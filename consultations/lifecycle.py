@@ -182,6 +182,14 @@ FACTS: Mapping[str, Fact] = {
             stamps={PATIENT: "patient_joined_at", PROVIDER: "provider_joined_at"},
             while_in=frozenset({ConsultationStatus.SCHEDULED, ConsultationStatus.IN_PROGRESS}),
         ),
+        # The front desk marks a booked patient as arrived (services.consultation_check_in,
+        # with ``checked_in_by``); undone the same day only. It changes no status: the visit
+        # is still started by the provider.
+        Fact(
+            name="checked_in",
+            stamps={STAFF: "checked_in_at", PROVIDER: "checked_in_at"},
+            while_in=_SCHEDULED,
+        ),
     )
 }
 

@@ -225,6 +225,15 @@ class Consultation(ClinicRowMixin, models.Model):
         related_name="+",
     )
     cancellation_reason = models.CharField(max_length=200, blank=True)
+    # The front desk's "arrived" mark for a booked visit (lifecycle.FACTS "checked_in").
+    checked_in_at = models.DateTimeField(null=True, blank=True)
+    checked_in_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
     # One-to-one: a consultation is rescheduled at most once (the database says so).
     rescheduled_from = models.OneToOneField(
         "self",
@@ -301,6 +310,15 @@ class QueueEntry(ClinicRowMixin, models.Model):
     called_at = models.DateTimeField(null=True, blank=True)
     left_at = models.DateTimeField(null=True, blank=True)
     expired_at = models.DateTimeField(null=True, blank=True)
+    # Clinic staff took the entry out of the queue (status "left"): who, and why.
+    removed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    removal_reason = models.CharField(max_length=200, blank=True)
     consultation = models.OneToOneField(
         Consultation,
         on_delete=models.SET_NULL,

@@ -112,6 +112,8 @@ class ConsultationOutput(serializers.ModelSerializer):
             "completed_at",
             "cancelled_at",
             "no_show_at",
+            # The front desk's "arrived" mark (null until the patient is checked in).
+            "checked_in_at",
             "rescheduled_from",
             "provider_notes",
         ]

@@ -16,6 +16,7 @@ PACKAGES = (
     "consultations",
     "messaging",
     "attachments",
+    "frontdesk",
     "visits",
     "workers",
     "medease",

@@ -20,12 +20,14 @@ from consultations.services.availability import (
     slots_materialize_all,
 )
 from consultations.services.booking import consultation_book
+from consultations.services.checkin import consultation_check_in, consultation_check_in_undo
 from consultations.services.queue import (
     queue_call_next,
     queue_expire_stale,
     queue_head_for_update,
     queue_join,
     queue_leave,
+    queue_remove,
 )
 from consultations.services.records import medical_record_add
 from consultations.services.transitions import (
@@ -45,6 +47,8 @@ __all__ = [
     "availability_validate",
     "consultation_book",
     "consultation_cancel",
+    "consultation_check_in",
+    "consultation_check_in_undo",
     "consultation_complete",
     "consultation_mark_no_show",
     "consultation_reschedule",
@@ -57,6 +61,7 @@ __all__ = [
     "queue_head_for_update",
     "queue_join",
     "queue_leave",
+    "queue_remove",
     "slots_materialize",
     "slots_materialize_all",
 ]

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts.models import Role, User
 from consultations import caching, notifications, selectors
+from consultations.lifecycle import ACTIVE_STATUSES
 from consultations.models import (
     Consultation,
     ConsultationKind,
@@ -18,7 +19,7 @@ from consultations.models import (
     QueueStatus,
 )
 from consultations.services._common import _conflict_from, _guard_provider_overlap
-from medease.exceptions import Conflict, Forbidden, NotFound
+from medease.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 
 
 def queue_join(*, patient: User, provider: User, reason: str = "") -> QueueEntry:
@@ -87,12 +88,52 @@ def queue_head_for_update(*, provider: User) -> QueueEntry | None:
     )
 
 
+def _walk_in_end(*, provider: User, now, minutes: int):
+    """When a walk-in called now is planned to end: its nominal length, or the start of the
+    provider's next booked visit if that comes first (the walk-in fits in the gap).
+
+    Busy means in a consultation; a booked visit whose time has come but that nobody started
+    (the patient is late) must be started or marked a no-show first, since the two would
+    overlap."""
+    if Consultation.objects.filter(
+        provider=provider, status=ConsultationStatus.IN_PROGRESS
+    ).exists():
+        raise Conflict("The provider is in a consultation.", code="provider_busy")
+    due = (
+        Consultation.objects.filter(
+            provider=provider,
+            status=ConsultationStatus.SCHEDULED,
+            scheduled_start__lte=now,
+            scheduled_end__gt=now,
+        )
+        .order_by("scheduled_start")
+        .first()
+    )
+    if due is not None:
+        raise Conflict(
+            "A booked visit is due now: start it or mark it a no-show before calling a walk-in.",
+            code="booking_due",
+        )
+    end = now + timedelta(minutes=minutes)
+    next_start = (
+        Consultation.objects.filter(
+            provider=provider, status__in=ACTIVE_STATUSES, scheduled_start__gt=now
+        )
+        .order_by("scheduled_start")
+        .values_list("scheduled_start", flat=True)
+        .first()
+    )
+    return min(end, next_start) if next_start is not None else end
+
+
 def queue_call_next(*, provider: User, actor: User) -> Consultation:
     """Start an in-progress walk-in consultation for the head of the provider's queue.
 
     Two concurrent calls never take the same entry: the head is claimed with
-    ``FOR UPDATE SKIP LOCKED`` and the claim is a conditional UPDATE. A provider who already
-    has an active consultation overlapping now is refused by the database (provider_busy).
+    ``FOR UPDATE SKIP LOCKED`` and the claim is a conditional UPDATE. The walk-in is planned
+    to end by the provider's next booked visit (``scheduled_end``); a provider in a
+    consultation is refused (provider_busy), and the database still refuses an overlap
+    that a concurrent booking would make (the exclusion constraint: provider_busy).
     """
     if not selectors.provider_managed_by(user=actor, provider=provider):
         raise NotFound("Provider not found.")
@@ -103,7 +144,7 @@ def queue_call_next(*, provider: User, actor: User) -> Consultation:
             if entry is None:
                 raise Conflict("Nobody is waiting.", code="queue_empty")
             now = timezone.now()
-            end = now + timedelta(minutes=minutes)
+            end = _walk_in_end(provider=provider, now=now, minutes=minutes)
             consultation = Consultation.objects.create(
                 patient_id=entry.patient_id,
                 provider=provider,
@@ -139,6 +180,36 @@ def queue_call_next(*, provider: User, actor: User) -> Consultation:
         .filter(pk=consultation.pk)
         .get()
     )
+
+
+def queue_remove(*, entry: QueueEntry, actor: User, reason: str) -> QueueEntry:
+    """Clinic staff (or the provider) take a waiting patient out of the queue, saying why."""
+    provider = User.objects.get(pk=entry.provider_id)
+    if not (actor.is_superuser or selectors.provider_managed_by(user=actor, provider=provider)):
+        raise NotFound("Queue entry not found.")
+    reason = reason.strip()[:200]
+    if not reason:
+        raise InvalidInput("Say why.", fields={"reason": ["This field is required."]})
+    now = timezone.now()
+    with transaction.atomic():
+        # Conditional: an entry called or left meanwhile is not touched.
+        changed = QueueEntry.objects.filter(pk=entry.pk, status=QueueStatus.WAITING).update(
+            status=QueueStatus.LEFT, left_at=now, removed_by=actor, removal_reason=reason
+        )
+        if changed != 1:
+            status = QueueEntry.objects.filter(pk=entry.pk).values_list("status", flat=True)
+            raise Conflict(
+                f"This entry is {status.first()} and cannot be removed.",
+                code="invalid_transition",
+            )
+        entry.status, entry.left_at = QueueStatus.LEFT, now
+        entry.removed_by, entry.removal_reason = actor, reason
+        caching.invalidate_on_commit(
+            provider_ids=[entry.provider_id],
+            user_ids=[entry.patient_id],
+            organization_ids=[entry.organization_id],
+        )
+    return entry
 
 
 def queue_expire_stale() -> int:

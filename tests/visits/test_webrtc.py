@@ -10,6 +10,7 @@ under MEDEASE_REQUIRE_SERVICES=1 (CI).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -139,32 +140,31 @@ def coturn(tmp_path):
         stop(process)
 
 
-@pytest.fixture
-def server(transactional_db, tmp_path, coturn):
-    """The Procfile's web command on a free port, configured with the coturn above."""
-    turn_url, _log = coturn
+@contextlib.contextmanager
+def web_node(tmp_path: Path, name: str, **extra_env: str):
+    """The Procfile's web command on a free port, on the test database and Redis (so two
+    of them are two nodes of one cluster); yields its base URL and log."""
     port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),  # the test database: the server sees what we write
         "REDIS_URL": settings.REDIS_URL,
         "MEDEASE_REQUIRE_SERVICES": "1",
-        "MEDEASE_VAR_DIR": str(tmp_path / "var"),
+        "MEDEASE_VAR_DIR": str(tmp_path / f"var-{name}"),
         "DATABASE_REPLICA_URLS": "",
         "DATABASE_POOL_MAX_SIZE": "4",
-        "TURN_URLS": turn_url,
-        "TURN_SECRET": TURN_SECRET,
         "LOG_FORMAT": "text",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
+        **extra_env,
     }
-    log = tmp_path / "web.log"
+    log = tmp_path / f"web-{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             procfile_web_command(port), cwd=BASE_DIR, env=env, stdout=out, stderr=out
         )
     try:
-        wait_for_tcp(port, process, log, "web server")
+        wait_for_tcp(port, process, log, f"web server {name}")
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + START_TIMEOUT
         while httpx.get(f"{base}/health/live", timeout=5).status_code != 200:
@@ -173,6 +173,14 @@ def server(transactional_db, tmp_path, coturn):
         yield base, log
     finally:
         stop(process)
+
+
+@pytest.fixture
+def server(transactional_db, tmp_path, coturn):
+    """One web node configured with the coturn above."""
+    turn_url, _log = coturn
+    with web_node(tmp_path, "a", TURN_URLS=turn_url, TURN_SECRET=TURN_SECRET) as node:
+        yield node
 
 
 def make_visit(make_user, organization):
@@ -339,3 +347,47 @@ async def test_two_peers_connect_through_coturn_relay_only(server, make_user, or
         await caller.close()
         await callee.close()
     assert "Traceback" not in web_log.read_text()
+
+
+async def test_signaling_across_two_nodes(transactional_db, tmp_path, make_user, organization):
+    """Caller on one web node, callee on another: call.state and call.signal cross through
+    the Redis channel layer. Prints the one-way signaling latency (half the round trip)."""
+    round_trips_wanted = 200
+    budget = {"MESSAGING_WS_RATE_EVENTS": "100000"}  # the measurement, not the limit
+    patient, provider, consultation, tokens = await db(make_visit)(make_user, organization)
+    with (
+        web_node(tmp_path, "a", **budget) as (base_a, log_a),
+        web_node(tmp_path, "b", **budget) as (base_b, log_b),
+    ):
+        caller = Peer(base=base_a, token=tokens["patient"], consultation_id=consultation.pk)
+        callee = Peer(base=base_b, token=tokens["provider"], consultation_id=consultation.pk)
+        try:
+            await caller.connect_socket()
+            await callee.connect_socket()
+            await caller.join()
+            for peer in (caller, callee):
+                assert (await peer.next_event("call.state"))["call"]["status"] == "waiting"
+            await callee.join()
+            for peer in (caller, callee):
+                assert (await peer.next_event("call.state"))["call"]["status"] == "active"
+            round_trips = []
+            for i in range(round_trips_wanted):
+                sent = time.perf_counter()
+                await caller.signal(provider.pk, {"ping": i})
+                ping = await callee.next_event("call.signal")
+                assert ping == {"type": "call.signal", "from": patient.pk, "data": {"ping": i}}
+                await callee.signal(patient.pk, {"pong": i})
+                assert (await caller.next_event("call.signal"))["data"] == {"pong": i}
+                round_trips.append(time.perf_counter() - sent)
+        finally:
+            await caller.close()
+            await callee.close()
+    one_way_ms = sorted(rt * 1000 / 2 for rt in round_trips)
+    p50 = statistics.median(one_way_ms)
+    p99 = one_way_ms[int(len(one_way_ms) * 0.99) - 1]
+    print(
+        f"\ncall.signal across two nodes, one-way over {len(one_way_ms)} round trips: "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {one_way_ms[-1]:.1f} ms"
+    )
+    for log in (log_a, log_b):
+        assert "Traceback" not in log.read_text()

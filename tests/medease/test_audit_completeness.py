@@ -223,6 +223,19 @@ ROUTES: dict[str, dict[str, object]] = {
         )
     },
     "frontdesk:patient_invite_resend": {"*": (NOT_PHI, "re-sends an e-mail; redirects")},
+    "frontdesk:book": {"*": page("staff", "patient_profile", body="desk_patient")},
+    "frontdesk:reschedule": {"*": page("staff", "consultation")},
+    "frontdesk:cancel": {"*": page("staff", "consultation", body="desk_cancel")},
+    "frontdesk:board": {"*": page("staff", "consultation", "queue_entry")},
+    "frontdesk:week": {"*": page("staff", "consultation")},
+    "frontdesk:visit_action": {
+        "*": phi("staff", "update", "consultation", browser=True, http="post", status=302)
+    },
+    "frontdesk:walk_ins": {"*": page("staff", "queue_entry", "consultation")},
+    "frontdesk:call_next": {
+        "*": phi("staff", "create", "consultation", browser=True, http="post", status=302)
+    },
+    "frontdesk:queue_remove": {"*": page("staff", "queue_entry")},
     "frontdesk:set_password": {"*": (NOT_PHI, "the patient's own password form")},
 }
 
@@ -399,10 +412,13 @@ def world(make_user, organization):
             "entry_id": entry.pk,
             "patient_id": patient.pk,
             "attachment_id": attachment.pk,
+            "action": "check-in",
         },
         "bodies": {
             "book": lambda: {"slot": _slot(provider, 30).pk, "reason": "Cough"},
             "reschedule": lambda: {"slot": _slot(provider, 40).pk},
+            "desk_patient": lambda: {"patient": patient.pk},
+            "desk_cancel": lambda: {"ids": str(booked.pk)},
         },
         "objects": {
             Consultation: booked,

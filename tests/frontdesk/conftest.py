@@ -62,3 +62,19 @@ def other_staff(make_user, other_organization):
 @pytest.fixture
 def other_provider(make_user, other_organization):
     return make_user(Role.PROVIDER, organization=other_organization)
+
+
+@pytest.fixture
+def token_client():
+    """An APIClient with a freshly issued token."""
+    from rest_framework.test import APIClient
+
+    from accounts import services as account_services
+
+    def make(user) -> APIClient:
+        raw, _token = account_services.token_issue(user=user)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        return client
+
+    return make

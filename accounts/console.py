@@ -31,6 +31,13 @@ from accounts import mfa
 from accounts.forms import ConsoleMfaCodeForm
 
 PENDING_SESSION_KEY = "accounts_mfa_pending"
+# Set with django-otp's own key: this session passed a second factor.
+VERIFIED_SESSION_KEY = "accounts_mfa_verified"
+
+
+def _otp_verified(request, device) -> None:
+    otp_login(request, device)
+    request.session[VERIFIED_SESSION_KEY] = True
 
 
 class ConsoleLoginView(LoginView):
@@ -90,7 +97,7 @@ def mfa_verify(site, request):
         user, device = form.result
         request.session.pop(PENDING_SESSION_KEY, None)
         auth_login(request, user)
-        otp_login(request, device)
+        _otp_verified(request, device)
         return HttpResponseRedirect(_safe_next(request))
     context = {
         **site.each_context(request),
@@ -131,7 +138,7 @@ def mfa_setup(site, request):
     if request.method == "POST" and form.is_valid():
         device, codes = form.result
         # This session has just proven the new authenticator.
-        otp_login(request, device)
+        _otp_verified(request, device)
         return _recovery_codes_page(site, request, codes)
     device = mfa.totp_enrol_ensure(user=user)
     context = {
@@ -176,6 +183,10 @@ def _second_factor_missing(request) -> str | None:
         return None  # the console's own login check answers
     if getattr(user, "is_verified", None) is not None and user.is_verified():
         return None
+    if request.session.get(VERIFIED_SESSION_KEY):
+        # Verified by a device that is gone since (reset by staff, or removed; django-otp
+        # has dropped its own session key by now): this session ends.
+        return "verify"
     # Loaded with the session's user (accounts.backends), else asked.
     has_authenticator = getattr(user, "has_authenticator", None)
     if has_authenticator is None:

@@ -12,6 +12,7 @@ console) on top of django-otp's own back-off per device. An organization with
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from medease.exceptions import (
     RateLimited,
     ServiceUnavailable,
 )
+
+logger = logging.getLogger("accounts.mfa")
 
 # Error codes clients can act on.
 INVALID_CODE = "invalid_code"
@@ -144,8 +147,11 @@ def _verify(request, *, user: User, code: str, devices) -> Device:
                 matched = device
                 break
     if matched is not None:
+        if isinstance(matched, RecoveryCodeDevice):
+            logger.info("user %s signed in with a recovery code", user.pk)
         return matched
     ratelimit.count(request, name="mfa_user", key=_by_account(user))
+    logger.info("wrong MFA code for user %s", user.pk)
     if locked_until is not None:
         wait = max(1, math.ceil((locked_until - timezone.now()).total_seconds()))
         raise RateLimited(f"Too many wrong codes; try again in {wait} second(s).", retry_after=wait)
@@ -300,6 +306,7 @@ def totp_enrol_confirm(request, *, user: User, code: str) -> tuple[TOTPDevice, l
             raise Conflict("This authenticator was already confirmed.", code="mfa_already_enabled")
         codes = _recovery_codes_replace(user)
     device.confirmed = True
+    logger.info("user %s added an authenticator", user.pk)
     return device, codes
 
 
@@ -322,6 +329,7 @@ def totp_disable(request, *, user: User, code: str) -> None:
     with transaction.atomic():
         TOTPDevice.objects.filter(user=user).delete()
         RecoveryCodeDevice.objects.filter(user=user).delete()
+    logger.info("user %s removed their authenticator", user.pk)
 
 
 def mfa_reset(*, user: User) -> None:
@@ -334,3 +342,4 @@ def mfa_reset(*, user: User) -> None:
         TOTPDevice.objects.filter(user=user).delete()
         RecoveryCodeDevice.objects.filter(user=user).delete()
         services.user_tokens_revoke_all(user=user)
+    logger.warning("two-factor sign-in of user %s reset by staff", user.pk)

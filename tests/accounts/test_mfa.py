@@ -412,3 +412,21 @@ def test_staff_reset_a_clinicians_mfa_from_the_console(make_user, organization, 
     assert response.status_code == 302
     assert not mfa.mfa_enabled(user=provider)
     assert mfa.mfa_enabled(user=staff)  # not one's own
+
+
+def test_a_reset_ends_the_console_sessions_it_verified(make_user, organization, staff, clock):
+    colleague = make_user(Role.STAFF, organization=organization)
+    theirs = confirmed_device(colleague)
+    their_console, _ = console_password(colleague)
+    their_console.post(VERIFY_URL, {"code": device_code(theirs)})
+    assert their_console.get("/admin/").status_code == 200
+    mine = confirmed_device(staff)
+    client, _ = console_password(staff)
+    client.post(VERIFY_URL, {"code": device_code(mine)})
+    client.post(
+        "/admin/accounts/user/", {"action": "mfa_reset", "_selected_action": [colleague.pk]}
+    )
+    assert not mfa.mfa_enabled(user=colleague)
+    response = their_console.get("/admin/")
+    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    assert "_auth_user_id" not in their_console.session

@@ -272,6 +272,27 @@ else:
         },
     }
 
+# --- Audit write path (docs/adr/0007-audit-write-path.md) -------------------------------
+# "stream": a request appends its audit events to a Redis Stream (one XADD, before the
+# response) and `manage.py audit_flush` moves them into PostgreSQL in batches; "sync": one
+# INSERT per call, as on the embedded default. An event inside a transaction always joins
+# it, and a Redis failure falls back to the synchronous INSERT.
+AUDIT_WRITE_PATH = env.str("AUDIT_WRITE_PATH", default="stream" if REDIS_URL else "sync")
+if AUDIT_WRITE_PATH not in ("sync", "stream"):
+    raise ImproperlyConfigured('AUDIT_WRITE_PATH must be "sync" or "stream".')
+# The Redis that holds the stream: its persistence (appendonly, appendfsync) is what makes
+# an appended event durable; see docs/operations.md, "Audit log".
+AUDIT_REDIS_URL = env.str("AUDIT_REDIS_URL", default="") or REDIS_URL
+if AUDIT_WRITE_PATH == "stream" and not AUDIT_REDIS_URL:
+    raise ImproperlyConfigured('AUDIT_WRITE_PATH="stream" needs AUDIT_REDIS_URL or REDIS_URL.')
+AUDIT_STREAM_KEY = env.str("AUDIT_STREAM_KEY", default="medease:audit")
+AUDIT_STREAM_SOCKET_TIMEOUT = _positive_float("AUDIT_STREAM_SOCKET_TIMEOUT", 0.5)
+# The flusher: events per INSERT, how long one read waits for new events, and how long an
+# entry may sit unacknowledged with a consumer before another flusher claims it.
+AUDIT_FLUSH_BATCH = _positive_int("AUDIT_FLUSH_BATCH", 500)
+AUDIT_FLUSH_BLOCK_MS = _positive_int("AUDIT_FLUSH_BLOCK_MS", 1000)
+AUDIT_FLUSH_CLAIM_IDLE_SECONDS = _positive_float("AUDIT_FLUSH_CLAIM_IDLE_SECONDS", 30.0)
+
 RATELIMIT_USE_CACHE = "ratelimit"
 RATELIMIT_ENABLE = env.bool("RATELIMIT_ENABLE", default=True)
 # Proxies whose X-Forwarded-For is believed (comma list of IPs or CIDRs). Empty trusts

@@ -1,15 +1,31 @@
-"""Writing the PHI audit log. Views call these after reading or writing patient data."""
+"""Writing the PHI audit log. Views call these after reading or writing patient data.
+
+Where an event goes (docs/adr/0007-audit-write-path.md): inside a transaction it joins
+that transaction (one INSERT, committed or rolled back with what it records); otherwise,
+with ``AUDIT_WRITE_PATH="stream"``, one XADD to the durable Redis Stream that
+``manage.py audit_flush`` drains into the table; with ``"sync"``, or when Redis fails,
+one INSERT in autocommit as before. Either way the call returns only once the event is
+durable, so it is never lost once the response is sent.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterable
 
+import redis
+from django.conf import settings
+from django.db import router, transaction
+
+from medease import audit_stream
 from medease.context import current_request_id
 from medease.models import AuditAction, AuditEvent
 from medease.ratelimit import client_ip
 
 __all__ = ["AuditAction", "audit_log", "audit_log_rows"]
+
+logger = logging.getLogger("medease.audit")
 
 # (object id, patient id, organization id) of one audited object.
 AuditRow = tuple[object, int | None, int | None]
@@ -47,7 +63,25 @@ def audit_log_rows(*, request, action: str, object_type: str, rows: Iterable[Aud
         for object_id, patient_id, organization_id in rows
     ]
     if events:
-        AuditEvent.objects.bulk_create(events)
+        _events_write(events)
+
+
+def _events_write(events: list[AuditEvent]) -> None:
+    using = router.db_for_write(AuditEvent)
+    if (
+        settings.AUDIT_WRITE_PATH == "stream"
+        and not transaction.get_connection(using).in_atomic_block
+    ):
+        try:
+            audit_stream.stream_append(events)
+            return
+        except redis.RedisError as exc:
+            logger.warning("audit stream unavailable, writing synchronously: %s", exc)
+        # A timeout may still have appended, and the flusher may insert first: the
+        # event_id makes whichever copy comes second a no-op.
+        AuditEvent.objects.using(using).bulk_create(events, ignore_conflicts=True)
+        return
+    AuditEvent.objects.using(using).bulk_create(events)
 
 
 def audit_log(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils.timezone import now
@@ -45,6 +47,10 @@ class AuditEvent(models.Model):
     patient = _kept_id(settings.AUTH_USER_MODEL)
     organization = _kept_id("accounts.Organization")
     request_id = models.CharField(max_length=128, blank=True)
+    # Made by the request, so an event the flusher writes twice (redelivered after a crash,
+    # or also written by the synchronous fallback) is stored once. Empty on older rows:
+    # giving them one would be an UPDATE, which the append-only trigger refuses.
+    event_id = models.UUIDField(null=True, unique=True, default=uuid.uuid4, editable=False)
 
     class Meta:
         ordering = ["-id"]

@@ -68,6 +68,13 @@ def _fresh_state():
     cache_breaker.reset()
 
 
+@pytest.fixture(autouse=True)
+def _audit_sync(settings):
+    """Audit rows are in the table when a request returns, as tests that count them expect;
+    the stream path's own tests (tests/medease/test_audit_stream.py) switch it back on."""
+    settings.AUDIT_WRITE_PATH = "sync"
+
+
 @pytest.fixture
 def api() -> APIClient:
     return APIClient()

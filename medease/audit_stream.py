@@ -1,0 +1,206 @@
+"""The audit log's durable queue: a Redis Stream between requests and PostgreSQL.
+
+A request appends its events with one XADD before its response is sent
+(``stream_append``); ``manage.py audit_flush`` reads them through a consumer group and
+inserts them in batches (``Flusher``). Each event carries the ``event_id`` the request
+made, so a batch inserted again after a crash, or an event the request also wrote
+synchronously after an ambiguous timeout, is stored once (``ON CONFLICT DO NOTHING``).
+An entry is acknowledged and deleted only after its rows are committed. See
+docs/adr/0007-audit-write-path.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from datetime import datetime
+
+import redis
+from django.conf import settings
+from django.db import close_old_connections, transaction
+
+from medease.cache import CircuitBreakerRedis
+from medease.models import AuditEvent
+
+logger = logging.getLogger("medease.audit")
+
+GROUP = "audit-flush"
+FIELD = "events"  # one stream entry holds the events of one audit_log call, as JSON
+_FIELDS = (
+    "event_id",
+    "created_at",
+    "user_id",
+    "ip",
+    "action",
+    "object_type",
+    "object_id",
+    "patient_id",
+    "organization_id",
+    "request_id",
+)
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def _request_client() -> redis.Redis:
+    """The web side's client: short timeouts, and the cache's circuit breaker per server."""
+    url = settings.AUDIT_REDIS_URL
+    client = _clients.get(url)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(url)
+            if client is None:
+                timeout = settings.AUDIT_STREAM_SOCKET_TIMEOUT
+                client = CircuitBreakerRedis.from_url(
+                    url, socket_timeout=timeout, socket_connect_timeout=timeout
+                )
+                _clients[url] = client
+    return client
+
+
+def event_encode(event: AuditEvent) -> dict:
+    """The JSON-ready form of an unsaved event (every column, times in ISO 8601)."""
+    data = {name: getattr(event, name) for name in _FIELDS}
+    data["event_id"] = str(event.event_id)
+    data["created_at"] = event.created_at.isoformat()
+    return data
+
+
+def event_decode(data: dict) -> AuditEvent:
+    """An unsaved AuditEvent from ``event_encode``'s output."""
+    values = {name: data.get(name) for name in _FIELDS}
+    values["event_id"] = uuid.UUID(values["event_id"])
+    values["created_at"] = datetime.fromisoformat(values["created_at"])
+    values["request_id"] = values["request_id"] or ""
+    return AuditEvent(**values)
+
+
+def stream_append(events: list[AuditEvent]) -> None:
+    """Append events to the stream in one XADD; raises ``redis.RedisError`` on failure."""
+    payload = json.dumps([event_encode(event) for event in events], separators=(",", ":"))
+    _request_client().xadd(settings.AUDIT_STREAM_KEY, {FIELD: payload})
+
+
+def default_consumer_name() -> str:
+    """This host's name: a restarted flusher picks up what it had read and not written."""
+    return os.environ.get("AUDIT_FLUSH_CONSUMER") or socket.gethostname()
+
+
+class Flusher:
+    """Moves stream entries into PostgreSQL: read, INSERT (idempotent), then XACK + XDEL."""
+
+    def __init__(self, *, consumer: str, client: redis.Redis | None = None) -> None:
+        block_seconds = settings.AUDIT_FLUSH_BLOCK_MS / 1000
+        self.client = client or redis.Redis.from_url(
+            settings.AUDIT_REDIS_URL,
+            socket_timeout=block_seconds + 5,  # a blocked XREADGROUP is not a dead socket
+            socket_connect_timeout=5,
+        )
+        self.key = settings.AUDIT_STREAM_KEY
+        self.consumer = consumer
+        self.batch = settings.AUDIT_FLUSH_BATCH
+        self.block_ms = settings.AUDIT_FLUSH_BLOCK_MS
+        self.claim_idle_ms = int(settings.AUDIT_FLUSH_CLAIM_IDLE_SECONDS * 1000)
+        self._next_claim = 0.0
+        self._group_ready = False
+
+    def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            # From the start of the stream: entries appended before any flusher ran count.
+            self.client.xgroup_create(self.key, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def _read(self, *, block: bool) -> list[tuple[bytes, dict | None]]:
+        self._ensure_group()
+        # What this consumer read before and did not acknowledge (a failed INSERT, or a
+        # previous run under the same name that died) comes first.
+        own = self.client.xreadgroup(GROUP, self.consumer, {self.key: "0"}, count=self.batch)
+        entries = own[0][1] if own else []
+        if entries:
+            return entries
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + self.claim_idle_ms / 1000 / 2
+            # Entries a dead consumer (another host, or a renamed one) left pending.
+            _next, claimed, _deleted = self.client.xautoclaim(
+                self.key, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+            )
+            if claimed:
+                return claimed
+        new = self.client.xreadgroup(
+            GROUP,
+            self.consumer,
+            {self.key: ">"},
+            count=self.batch,
+            block=self.block_ms if block else None,
+        )
+        return new[0][1] if new else []
+
+    def _write(self, entries: list[tuple[bytes, dict | None]]) -> int:
+        events, bad = [], []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted after it was read: its events are in already
+                continue
+            try:
+                events.extend(event_decode(item) for item in json.loads(fields[FIELD.encode()]))
+            except (TypeError, KeyError, ValueError) as exc:
+                logger.error("audit stream entry %r unreadable, set aside: %s", entry_id, exc)
+                bad.append((entry_id, fields))
+        close_old_connections()  # a connection broken by a database outage is replaced
+        with transaction.atomic():
+            AuditEvent.objects.bulk_create(events, ignore_conflicts=True)
+        ids = [entry_id for entry_id, _fields in entries]
+        pipe = self.client.pipeline(transaction=True)
+        for _entry_id, fields in bad:
+            # Kept for a person to read rather than retried for ever or dropped.
+            pipe.xadd(f"{self.key}:unreadable", fields or {"missing": "1"})
+        pipe.xack(self.key, GROUP, *ids)
+        pipe.xdel(self.key, *ids)
+        pipe.execute()
+        return len(events)
+
+    def flush_once(self, *, block: bool = True) -> tuple[int, int]:
+        """Read one batch and write it; returns (entries, events) handled."""
+        entries = self._read(block=block)
+        if not entries:
+            return 0, 0
+        return len(entries), self._write(entries)
+
+    def drain(self) -> int:
+        """Flush until nothing is left to read now (``audit_flush --once``); events written."""
+        total = 0
+        self._next_claim = 0.0
+        while True:
+            entries, written = self.flush_once(block=False)
+            if not entries:
+                return total
+            total += written
+
+    def run(self, stop: threading.Event) -> None:
+        """Flush until ``stop`` is set; a failing Redis or database is retried with back-off."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self.flush_once()
+                delay = 0.5
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("audit flush: Redis unavailable, retrying in %.1fs: %s", delay, exc)
+                self._group_ready = False
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception as exc:  # the database: entries stay pending and are retried
+                logger.warning(
+                    "audit flush: write failed, retrying in %.1fs: %s", delay, exc, exc_info=True
+                )
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)

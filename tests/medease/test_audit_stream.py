@@ -1,0 +1,187 @@
+"""The audit stream write path in one process: a read appends to the Redis Stream, the
+flusher moves it into the table once, a redelivered batch inserts nothing twice, a write
+inside a transaction joins it, and a dead Redis falls back to the synchronous INSERT.
+The kill test across real processes is tests/medease/test_audit_durability.py."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import OperationalError, transaction
+from django.utils import timezone
+
+from accounts import services as account_services
+from accounts.models import Role
+from consultations import services as consultation_services
+from consultations.models import Slot
+from medease import audit_stream
+from medease.audit import AuditAction, audit_log
+from medease.audit_stream import GROUP, Flusher
+from medease.models import AuditEvent
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def stream(settings):
+    """The stream path on a key of this test's own, removed afterwards."""
+    settings.AUDIT_WRITE_PATH = "stream"
+    settings.AUDIT_STREAM_KEY = f"medease-test:audit:{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(settings.AUDIT_REDIS_URL)
+    yield client
+    client.delete(settings.AUDIT_STREAM_KEY, f"{settings.AUDIT_STREAM_KEY}:unreadable")
+
+
+@pytest.fixture
+def consultation(make_user, organization):
+    provider = make_user(Role.PROVIDER, organization=organization)
+    patient = make_user(Role.PATIENT)
+    start = (timezone.now() + timedelta(days=1)).replace(second=0, microsecond=0)
+    slot = Slot.objects.create(provider=provider, start=start, end=start + timedelta(minutes=30))
+    booked, _created = consultation_services.consultation_book(
+        patient=patient, slot_id=slot.pk, reason="Checkup", idempotency_key=""
+    )
+    return booked
+
+
+@pytest.fixture
+def patient_client(consultation):
+    from rest_framework.test import APIClient
+
+    raw, _token = account_services.token_issue(user=consultation.patient)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
+def reads_of(consultation):
+    return AuditEvent.objects.filter(
+        action=AuditAction.READ, object_type="consultation", object_id=str(consultation.pk)
+    )
+
+
+def test_a_read_goes_through_the_stream_into_the_table_once(stream, consultation, patient_client):
+    response = patient_client.get(f"/api/v1/consultations/{consultation.pk}")
+    assert response.status_code == 200, response.content
+    request_id = response["X-Request-ID"]
+
+    assert not reads_of(consultation).exists()  # queued, not yet written
+    assert stream.xlen(settings.AUDIT_STREAM_KEY) == 1
+
+    assert Flusher(consumer="one").drain() == 1
+    event = reads_of(consultation).get()
+    assert event.request_id == request_id
+    assert event.user_id == consultation.patient_id
+    assert event.patient_id == consultation.patient_id
+    assert event.organization_id == consultation.organization_id
+    assert event.ip == "127.0.0.1"
+    assert event.event_id is not None
+    assert stream.xlen(settings.AUDIT_STREAM_KEY) == 0  # acknowledged and deleted
+    assert Flusher(consumer="one").drain() == 0
+
+
+def test_a_batch_replayed_after_a_crash_inserts_nothing_twice(
+    stream, consultation, patient_client, settings
+):
+    for _ in range(3):
+        assert patient_client.get(f"/api/v1/consultations/{consultation.pk}").status_code == 200
+    # A flusher reads the batch and commits the rows, then dies before XACK.
+    dying = Flusher(consumer="dying")
+    entries = dying._read(block=False)
+    assert len(entries) == 3
+    events = [
+        audit_stream.event_decode(item)
+        for _id, fields in entries
+        for item in audit_stream.json.loads(fields[audit_stream.FIELD.encode()])
+    ]
+    AuditEvent.objects.bulk_create(events)
+    assert reads_of(consultation).count() == 3
+    assert stream.xpending(settings.AUDIT_STREAM_KEY, GROUP)["pending"] == 3
+
+    # Another flusher claims the dead one's entries once they are idle long enough.
+    settings.AUDIT_FLUSH_CLAIM_IDLE_SECONDS = 0.05
+    survivor = Flusher(consumer="survivor")
+    pending = stream.xpending_range(settings.AUDIT_STREAM_KEY, GROUP, "-", "+", 10)
+    assert {entry["consumer"] for entry in pending} == {b"dying"}
+    deadline = timezone.now() + timedelta(seconds=5)
+    while stream.xlen(settings.AUDIT_STREAM_KEY) and timezone.now() < deadline:
+        survivor.drain()
+    assert stream.xlen(settings.AUDIT_STREAM_KEY) == 0
+    assert reads_of(consultation).count() == 3  # the replay was a no-op
+
+
+def test_a_failed_database_write_leaves_the_events_pending(
+    stream, consultation, patient_client, monkeypatch
+):
+    assert patient_client.get(f"/api/v1/consultations/{consultation.pk}").status_code == 200
+    flusher = Flusher(consumer="one")
+
+    def refuse(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AuditEvent.objects, "bulk_create", refuse)
+        with pytest.raises(OperationalError):
+            flusher.flush_once(block=False)
+    assert not reads_of(consultation).exists()
+    assert stream.xlen(settings.AUDIT_STREAM_KEY) == 1
+
+    # The same consumer re-reads its own pending entry first.
+    assert flusher.drain() == 1
+    assert reads_of(consultation).count() == 1
+    assert stream.xlen(settings.AUDIT_STREAM_KEY) == 0
+
+
+def test_an_event_inside_a_transaction_joins_it(stream, consultation):
+    with transaction.atomic():
+        audit_log(
+            request=None,
+            action=AuditAction.UPDATE,
+            object_type="consultation",
+            object_ids=[consultation.pk],
+        )
+        assert AuditEvent.objects.filter(action=AuditAction.UPDATE).count() == 1
+    assert stream.xlen(settings.AUDIT_STREAM_KEY) == 0
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        audit_log(
+            request=None,
+            action=AuditAction.DELETE,
+            object_type="consultation",
+            object_ids=[consultation.pk],
+        )
+        raise RuntimeError("the write it records failed")
+    assert not AuditEvent.objects.filter(action=AuditAction.DELETE).exists()
+
+
+def test_redis_down_writes_synchronously_and_the_request_succeeds(
+    stream, consultation, patient_client, settings
+):
+    settings.AUDIT_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    response = patient_client.get(f"/api/v1/consultations/{consultation.pk}")
+    assert response.status_code == 200, response.content
+    event = reads_of(consultation).get()
+    assert event.request_id == response["X-Request-ID"]
+    assert event.event_id is not None
+
+
+def test_an_unreadable_entry_is_set_aside_not_dropped(stream, consultation, patient_client):
+    key = settings.AUDIT_STREAM_KEY
+    stream.xadd(key, {audit_stream.FIELD: "not json"})
+    assert patient_client.get(f"/api/v1/consultations/{consultation.pk}").status_code == 200
+    assert Flusher(consumer="one").drain() == 1
+    assert reads_of(consultation).count() == 1
+    assert stream.xlen(key) == 0
+    [(_id, fields)] = stream.xrange(f"{key}:unreadable")
+    assert fields == {audit_stream.FIELD.encode(): b"not json"}
+
+
+def test_the_sync_path_writes_at_once(settings, consultation, patient_client):
+    settings.AUDIT_WRITE_PATH = "sync"
+    response = patient_client.get(f"/api/v1/consultations/{consultation.pk}")
+    assert response.status_code == 200
+    assert reads_of(consultation).get().request_id == response["X-Request-ID"]

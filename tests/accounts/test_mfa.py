@@ -7,11 +7,14 @@ django_otp.oath), with the clock held by time_machine so each step is a fresh co
 from __future__ import annotations
 
 import base64
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import time_machine
+from django.db import connection
 from django.test import Client
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -82,7 +85,7 @@ def bearer(token: str) -> APIClient:
     return client
 
 
-def enrol(client: APIClient, clock: Clock) -> tuple[str, list[str]]:
+def enrol(client: APIClient, clock: Clock | None) -> tuple[str, list[str]]:
     """Add and confirm an authenticator; the secret and the recovery codes."""
     start = client.post("/api/v1/auth/mfa/totp")
     assert start.status_code == 201, start.content
@@ -91,7 +94,8 @@ def enrol(client: APIClient, clock: Clock) -> tuple[str, list[str]]:
         "/api/v1/auth/mfa/totp/confirm", {"code": code_for(secret)}, format="json"
     )
     assert confirm.status_code == 200, confirm.content
-    clock.step()
+    if clock is not None:
+        clock.step()
     return secret, confirm.json()["recovery_codes"]
 
 
@@ -182,6 +186,43 @@ def test_an_expired_or_forged_mfa_token_is_refused(auth_client, staff, clock, se
         assert response.status_code in (400, 401), forged
         if forged:
             assert response.json()["error"]["code"] == "mfa_token_invalid"
+
+
+def _race(*calls):
+    """Run the calls at the same moment, each in its own thread and database connection."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call):
+        try:
+            barrier.wait(timeout=10)
+            return call().status_code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return sorted(pool.map(run, calls))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_one_mfa_token_gives_one_api_token_when_raced(auth_client, staff):
+    _secret, codes = enrol(auth_client(staff), None)
+    mfa_token = password_login(staff)["mfa_token"]
+    statuses = _race(
+        lambda: second_step(mfa_token, codes[0]), lambda: second_step(mfa_token, codes[1])
+    )
+    assert statuses == [200, 401]
+    assert AuthToken.objects.filter(user=staff).count() == 2  # enrolment's and one more
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_one_recovery_code_signs_in_once_when_raced(auth_client, staff):
+    _secret, codes = enrol(auth_client(staff), None)
+    first, second = password_login(staff)["mfa_token"], password_login(staff)["mfa_token"]
+    statuses = _race(lambda: second_step(first, codes[0]), lambda: second_step(second, codes[0]))
+    assert statuses == [200, 401]
+    assert RecoveryCode.objects.filter(device__user=staff).count() == 9
 
 
 def test_a_password_change_ends_a_pending_mfa_login(auth_client, staff, clock):

@@ -7,7 +7,12 @@ class VisitsConfig(AppConfig):
 
     def ready(self) -> None:
         from consultations import lifecycle
-        from visits.services import call_end_for_closed_consultation
+        from visits import services
+        from workers.relevance import register_relevance_check
 
         # A consultation that closes ends its call (everyone still in is let go).
-        lifecycle.on_closed(call_end_for_closed_consultation)
+        lifecycle.on_closed(services.call_end_for_closed_consultation)
+        # A provider-absent report is dropped if the provider joined late after all.
+        register_relevance_check(
+            kinds=[services.PROVIDER_ABSENT], check=services.provider_absent_still_true
+        )

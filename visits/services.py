@@ -9,11 +9,14 @@ instead of deadlocking or computing the call's status from a stale list of who i
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import Role, User
+from accounts.selectors import organization_members
 from consultations import lifecycle
 from consultations.models import Consultation, ConsultationStatus
 from consultations.services import consultation_start
@@ -22,6 +25,7 @@ from visits import events
 from visits.models import Call, CallParticipant, CallStatus
 from visits.selectors import call_with_participants
 from visits.serializers import call_payload
+from workers.services import notification_record
 
 logger = logging.getLogger("medease.visits")
 
@@ -160,3 +164,82 @@ def call_end_for_closed_consultation(consultation_id: int) -> None:
         call_end_for_consultation(consultation_id=consultation_id)
     except Exception:
         logger.exception("ending the call of consultation %s failed", consultation_id)
+
+
+# --- No-show attribution ------------------------------------------------------------------
+
+PROVIDER_ABSENT = "provider_absent"
+
+
+def _provider_absent_payload(consultation: Consultation) -> dict:
+    # Names and times only, like the clinic's other notifications (no reason, no notes).
+    return {
+        "consultation_id": consultation.pk,
+        "patient_id": consultation.patient_id,
+        "provider_id": consultation.provider_id,
+        "scheduled_start": consultation.scheduled_start.astimezone(UTC).isoformat(),
+        "scheduled_end": consultation.scheduled_end.astimezone(UTC).isoformat(),
+        "provider_name": consultation.provider.full_name,
+        "patient_name": consultation.patient.full_name,
+        "organization_name": consultation.organization.name,
+    }
+
+
+def visits_report_absent_providers(*, now: datetime | None = None) -> int:
+    """Beat job: a visit whose patient joined the call but whose provider never did, by the
+    scheduled end plus VISIT_NO_SHOW_GRACE_MINUTES, is reported to the patient and to the
+    clinic's staff (outbox kind ``provider_absent``). It is never the patient's no-show.
+
+    Safe to run twice: one row per consultation and recipient (the outbox's dedupe key).
+    Returns the number of consultations reported.
+    """
+    now = now or timezone.now()
+    grace = timedelta(minutes=settings.VISIT_NO_SHOW_GRACE_MINUTES)
+    overdue = list(
+        Consultation.objects.filter(
+            status=ConsultationStatus.SCHEDULED,
+            scheduled_end__lt=now - grace,
+            patient_joined_at__isnull=False,
+            provider_joined_at__isnull=True,
+        )
+        .select_related("patient", "provider", "organization")
+        .order_by("id")[:500]
+    )
+    reported = 0
+    for consultation in overdue:
+        staff = organization_members(organization_id=consultation.organization_id).filter(
+            role=Role.STAFF, is_active=True
+        )
+        recipients = [consultation.patient, *staff]
+        payload = _provider_absent_payload(consultation)
+        with transaction.atomic():
+            written = [
+                notification_record(
+                    user=user,
+                    kind=PROVIDER_ABSENT,
+                    dedupe_key=f"consultation:{consultation.pk}:{PROVIDER_ABSENT}:user:{user.pk}",
+                    payload=payload,
+                    consultation_id=consultation.pk,
+                    now=now,
+                )
+                for user in recipients
+            ]
+        reported += any(row is not None for row in written)
+    return reported
+
+
+def provider_absent_still_true(notification, now) -> str | None:
+    """Relevance check (workers.relevance): the provider joined after all, or the visit was
+    cancelled, so the report is no longer worth sending."""
+    consultation = (
+        Consultation.objects.filter(pk=notification.consultation_id)
+        .values("provider_joined_at", "status")
+        .first()
+    )
+    if consultation is None:
+        return "the consultation is gone"
+    if consultation["provider_joined_at"] is not None:
+        return "the provider joined the call"
+    if consultation["status"] == ConsultationStatus.CANCELLED:
+        return "the consultation was cancelled"
+    return None

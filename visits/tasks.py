@@ -1,0 +1,29 @@
+"""Periodic jobs of the video visit: thin adapters over services, safe to run twice."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from medease import db as db_routing
+from visits import services
+
+
+@shared_task(
+    name="visits.report_absent_providers",
+    queue="maintenance",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    soft_time_limit=90,
+    time_limit=120,
+    # A database briefly unreachable (failover, pool exhausted) is worth retrying.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=5,
+    retry_jitter=True,
+    max_retries=5,
+)
+def report_absent_providers() -> int:
+    """Report visits whose provider never joined the call to the patient and the clinic."""
+    with db_routing.use_primary():
+        return services.visits_report_absent_providers()

@@ -156,6 +156,8 @@ def patient(request, patient_id: int):
         profile=found.patient_profile,
         overview=overview,
         invite_pending=not found.has_usable_password(),
+        book_url=f"{reverse('frontdesk:book')}?{urlencode({'patient': found.pk})}",
+        walk_in_url=f"{reverse('frontdesk:walk_ins')}?{urlencode({'patient': found.pk})}",
     )
 
 
@@ -244,12 +246,6 @@ def set_password(request, uidb64: str, token: str):
     response = TemplateResponse(request, "frontdesk/set_password.html", context)
     response["Referrer-Policy"] = "no-referrer"  # the token is in this page's URL
     return response
-
-
-def _redirect_with(name: str, *args, **query) -> HttpResponseRedirect:
-    url = reverse(name, args=args)
-    query = {k: v for k, v in query.items() if v not in (None, "")}
-    return HttpResponseRedirect(f"{url}?{urlencode(query)}" if query else url)
 
 
 # --- Booking by phone ----------------------------------------------------------------------------

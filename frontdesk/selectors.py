@@ -23,6 +23,7 @@ from consultations.models import (
     Slot,
 )
 from medease.exceptions import NotFound
+from workers.models import Notification, NotificationStatus
 
 PATIENTS_PAGE = 50
 
@@ -320,3 +321,20 @@ def desk_parse_day(raw: str | None, *, tz: ZoneInfo) -> date:
         except ValueError:
             pass
     return timezone.now().astimezone(tz).date()
+
+
+OUTBOX_PAGE = 50
+
+
+def desk_outbox(*, user: User, organization: Organization, status: str = "") -> QuerySet:
+    """The clinic's outbox: notifications about its consultations (as the staff member sees
+    them) and those to its own providers and staff; newest first, optionally by status."""
+    clinic_visits = (
+        Consultation.objects.visible_to(user).filter(organization=organization).values("pk")
+    )
+    rows = Notification.objects.filter(
+        Q(consultation_id__in=clinic_visits) | Q(user__organization=organization)
+    ).select_related("user")
+    if status in NotificationStatus.values:
+        rows = rows.filter(status=status)
+    return rows.order_by("-id")

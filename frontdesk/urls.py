@@ -40,6 +40,7 @@ urlpatterns = [
     path("walk-ins/", staff(views.walk_ins), name="walk_ins"),
     path("walk-ins/<int:provider_id>/next/", staff(views.call_next), name="call_next"),
     path("walk-ins/entries/<int:entry_id>/remove/", staff(views.queue_remove), name="queue_remove"),
+    path("outbox/", staff(views.outbox), name="outbox"),
     # The patient's own page, from the e-mail: no console access needed.
     path("set-password/<str:uidb64>/<str:token>/", views.set_password, name="set_password"),
 ]

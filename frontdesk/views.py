@@ -20,11 +20,13 @@ from django.utils.http import urlencode, urlsafe_base64_decode
 from django.views.decorators.http import require_POST
 
 from accounts import services as account_services
-from accounts.models import User
+from accounts.models import Role, User
 from consultations import services as clinic_services
 from consultations.audit import OBJECT_TYPES, AuditAction, audit_typed_rows
 from frontdesk import forms, selectors
 from medease.exceptions import ApplicationError, NotFound
+from workers import services as worker_services
+from workers.models import NotificationStatus
 
 PATIENT_PROFILE = "patient_profile"
 
@@ -659,4 +661,55 @@ def queue_remove(request, entry_id: int):
         entry=entry,
         form=form,
         next=_safe_next(request, reverse("frontdesk:walk_ins")),
+    )
+
+
+# --- The clinic's outbox -------------------------------------------------------------------------
+
+
+@desk_view
+def outbox(request):
+    """The clinic's notifications with status, attempts and last error; failed ones resent
+    (workers.services.notifications_resend)."""
+    organization = request.desk_organization
+    status = request.GET.get("status", "")
+    if request.method == "POST":
+        try:
+            ids = [int(i) for i in request.POST.getlist("ids")]
+        except ValueError as exc:
+            raise Http404("Bad selection.") from exc
+        # Only the clinic's own rows, whatever ids were posted.
+        mine = list(
+            selectors.desk_outbox(user=request.user, organization=organization)
+            .filter(pk__in=ids)
+            .values_list("pk", flat=True)
+        )
+        resent = worker_services.notifications_resend(notification_ids=mine)
+        messages.success(request, f"{resent} failed notification(s) put back in the outbox.")
+        return HttpResponseRedirect(request.get_full_path())
+    found = selectors.desk_outbox(user=request.user, organization=organization, status=status)
+    page = Paginator(found, selectors.OUTBOX_PAGE).get_page(request.GET.get("page"))
+    rows = list(page.object_list)
+    # Recipients are named: a read of each patient's notification.
+    audit_typed_rows(
+        request=request,
+        action=AuditAction.READ,
+        rows=[
+            (
+                "notification",
+                n.pk,
+                n.user_id if n.user.role == Role.PATIENT else None,
+                organization.pk,
+            )
+            for n in rows
+        ],
+    )
+    return _page(
+        request,
+        "outbox.html",
+        "Outbox",
+        rows=rows,
+        page=page,
+        status=status,
+        statuses=NotificationStatus.choices,
     )

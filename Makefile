@@ -46,7 +46,7 @@ run: install
 	@echo "  Password     medease-demo-pass"
 	@echo "  Stop with Ctrl-C."
 	@echo ""
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(HONCHO) start web worker beat
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(HONCHO) start web worker beat audit
 
 ## test: lint, migration check and the whole pytest suite
 test: install-dev

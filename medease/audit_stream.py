@@ -199,8 +199,6 @@ class Flusher:
                 stop.wait(delay)
                 delay = min(delay * 2, 10.0)
             except Exception as exc:  # the database: entries stay pending and are retried
-                logger.warning(
-                    "audit flush: write failed, retrying in %.1fs: %s", delay, exc, exc_info=True
-                )
+                logger.warning("audit flush: write failed, retrying in %.1fs: %s", delay, exc)
                 stop.wait(delay)
                 delay = min(delay * 2, 10.0)

@@ -29,15 +29,21 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, consumer: str, once: bool, **options):
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
         if not settings.AUDIT_REDIS_URL:
-            raise CommandError("No audit stream: set AUDIT_REDIS_URL or REDIS_URL.")
+            if once:
+                raise CommandError("No audit stream: set AUDIT_REDIS_URL or REDIS_URL.")
+            # The embedded default writes audit rows synchronously; the process idles so
+            # that one Procfile serves both setups.
+            self.stdout.write("audit flush: no Redis, audit rows are written synchronously")
+            stop.wait()
+            return
         flusher = Flusher(consumer=consumer or default_consumer_name())
         if once:
             written = flusher.drain()
             self.stdout.write(f"{written} audit events written")
             return
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
         self.stdout.write(f"audit flush: consumer {flusher.consumer} on {flusher.key}")
         flusher.run(stop)

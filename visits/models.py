@@ -20,6 +20,12 @@ class CallStatus(models.TextChoices):
     ENDED = "ended", "Ended"
 
 
+class CallQuerySet(models.QuerySet):
+    def visible_to(self, user) -> CallQuerySet:
+        """Calls of the consultations ``user`` may see (``Consultation.objects.visible_to``)."""
+        return self.filter(consultation__in=Consultation.objects.visible_to(user).values("pk"))
+
+
 class Call(models.Model):
     """The video call of one consultation, created by the first join."""
 
@@ -32,6 +38,8 @@ class Call(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     # When it last ended (everyone left, or the consultation ended); cleared by a rejoin.
     ended_at = models.DateTimeField(null=True, blank=True)
+
+    objects = CallQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"Call of consultation {self.consultation_id} ({self.status})"

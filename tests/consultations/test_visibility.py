@@ -25,6 +25,7 @@ from attachments import services as attachment_services
 from attachments.models import Attachment
 from consultations import services
 from consultations.models import Consultation, ConsultationStatus, MedicalRecordEntry, QueueEntry
+from visits import services as visit_services
 from workers.models import Notification
 
 pytestmark = pytest.mark.django_db
@@ -77,10 +78,9 @@ CASES: dict[str, dict[str, dict]] = {
     },
     "attachment": {"get": {"outsiders": NOT_FOUND, "owner": "patient"}},
     "attachment-complete": {"post": {"outsiders": NOT_FOUND}},
-    # Video visits (visits/urls.py): the consultation's people (GET: also its clinic's staff;
-    # tests/visits/ has the owners' answers, which need a joined call).
+    # Video visits (visits/urls.py): the consultation's people (GET: also its clinic's staff).
     "consultation-call": {
-        "get": {"outsiders": NOT_FOUND},
+        "get": {"outsiders": NOT_FOUND, "owner": "staff"},
         "post": {"outsiders": NOT_FOUND},
         "delete": {"outsiders": NOT_FOUND},
     },
@@ -124,6 +124,8 @@ def world(patient, provider, staff, make_user, make_slot, book):
         content_type="application/pdf",
         size=10,
     )
+    # The patient waits in the visit's call (the provider has not joined: still scheduled).
+    call = visit_services.call_join(consultation=consultation, user=patient)
     return {
         "ids": {
             "provider_id": provider.pk,
@@ -140,6 +142,7 @@ def world(patient, provider, staff, make_user, make_slot, book):
         "entry": entry,
         "record": record,
         "attachment": attachment,
+        "call": call,
         # The booking's confirmation to the patient (the outbox, written with the booking).
         "notification": Notification.objects.filter(user=patient).earliest("id"),
     }

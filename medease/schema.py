@@ -31,6 +31,7 @@ _TAG_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"/(messages|read)$", "messages"),
         (r"/attachments|^/api/v1/attachments/", "attachments"),
         (r"/records$", "records"),
+        (r"/call$", "visits"),
         (r"^/api/v1/providers$", "providers"),
         (r"^/api/v1/consultations", "consultations"),
         (r"^/api/v1/dashboard$", "dashboard"),
@@ -51,6 +52,7 @@ TAGS = {
     "attachments": "Files attached to a consultation.",
     "queue": "The walk-in queue.",
     "records": "A patient's medical record.",
+    "visits": "The video call of a consultation.",
     "dashboard": "The caller's day, by role.",
     "notifications": "The caller's notifications and preferences.",
     "ws-ticket": "Tickets that open a websocket.",
@@ -96,10 +98,16 @@ _HEADERS = {
 }
 
 
+# str.strip()'s whitespace, spelled out: regex engines disagree on \s (ECMA's has U+FEFF but
+# not U+001C-U+001F or U+0085).
+WHITESPACE = (
+    r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f"
+    r"\u205f\u3000"
+)
 # What DRF's CharField refuses beyond its length: NUL anywhere, and (unless blank is allowed)
-# a value that trims to nothing. Python's \s is str.strip()'s whitespace.
+# a value that trims to nothing.
 _NO_NUL = r"^[^\u0000]*$"
-_NOT_BLANK = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+NOT_BLANK = rf"^[^\u0000]*[^{WHITESPACE}\u0000][^\u0000]*$"
 # Times the API writes are wall-clock times without an offset, not RFC 3339's full-time.
 _WALL_CLOCK = r"^\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?$"
 
@@ -202,7 +210,7 @@ class AutoSchema(openapi.AutoSchema):
             and not {"pattern", "format", "enum"} & set(schema)
         ):
             blank_refused = not field.allow_blank and field.trim_whitespace
-            schema["pattern"] = _NOT_BLANK if blank_refused else _NO_NUL
+            schema["pattern"] = NOT_BLANK if blank_refused else _NO_NUL
 
     def _get_serializer(self):
         # A DELETE body is documented only when a view names it (extend_schema(request=...)).

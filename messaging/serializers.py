@@ -5,6 +5,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
+from medease.schema import NOT_BLANK
 from messaging.models import MAX_BODY_LENGTH, MAX_CLIENT_ID_LENGTH, Message
 
 
@@ -68,7 +69,7 @@ class MessageSendRequest(serializers.Serializer):
     applies, where MessageSendInput only bounds the input."""
 
     body = serializers.RegexField(
-        r"^[^\x00]*[^\s\x00][^\x00]*$",
+        NOT_BLANK,
         max_length=MAX_BODY_LENGTH,
         help_text=f"1 to {MAX_BODY_LENGTH} characters, not blank.",
     )

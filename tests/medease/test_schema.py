@@ -5,10 +5,12 @@ running product."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from drf_spectacular.generators import SchemaGenerator
 
-from medease.schema import TAGS
+from medease.schema import NOT_BLANK, TAGS
 
 pytestmark = pytest.mark.django_db
 
@@ -140,9 +142,7 @@ def test_optional_query_values_may_be_empty(schema):
 def test_request_strings_say_what_drf_refuses(schema):
     components = schema["components"]["schemas"]
     # Not blank once trimmed, never NUL (CharField's own rules).
-    assert components["RecordInputRequest"]["properties"]["text"]["pattern"] == (
-        r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
-    )
+    assert components["RecordInputRequest"]["properties"]["text"]["pattern"] == NOT_BLANK
     assert components["CancelInputRequest"]["properties"]["reason"]["pattern"] == (r"^[^\u0000]*$")
     message = components["MessageSendRequest"]["properties"]
     assert message["client_id"]["format"] == "printable"
@@ -153,3 +153,12 @@ def test_wall_clock_times_are_not_rfc3339_times(schema):
     preferences = schema["components"]["schemas"]["NotificationPreferenceOutput"]["properties"]
     assert "format" not in preferences["quiet_hours_start"]
     assert preferences["quiet_hours_start"]["pattern"].startswith(r"^\d{2}:\d{2}")
+
+
+def test_not_blank_is_what_str_strip_says_in_every_regex_dialect():
+    pattern = re.compile(NOT_BLANK)
+    assert "\\s" not in NOT_BLANK  # ECMA's \s differs from Python's (U+001C, U+0085, U+FEFF)
+    for code in range(1, 0x3001):
+        value = chr(code)
+        assert bool(pattern.match(value)) == bool(value.strip()), hex(code)
+    assert not pattern.match("a\x00b")

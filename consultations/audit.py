@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 from django.db import models
 
+from medease import audit as medease_audit
 from medease.audit import audit_log, audit_log_rows
 from medease.context import current_request_id
 from medease.models import AuditAction, AuditEvent
-from medease.ratelimit import client_ip
 
 __all__ = [
     "AuditAction",
@@ -49,25 +48,19 @@ def audit_queue_entries(*, request, action: str, entries: Iterable[object]) -> N
     audit_log_rows(request=request, action=action, object_type="queue_entry", rows=rows)
 
 
-def _ip(request) -> str | None:
-    try:
-        return str(ipaddress.ip_address(client_ip(request)))
-    except ValueError:
-        return None
-
-
 def audit_typed_rows(
     *, request, action: str, rows: Iterable[tuple[str, object, int | None, int | None]]
 ) -> None:
     """One event per ``(object type, object id, patient id, organization id)``, of mixed
-    types, in one INSERT (a page showing consultations and queue entries side by side).
+    types, in one write (a page showing consultations and queue entries side by side).
 
-    ``medease.audit.audit_log_rows`` takes one object type per call, that is one INSERT per
-    type; this is its mixed-type variant until it accepts a type per row.
+    ``medease.audit.audit_log_rows`` takes one object type per call, that is one write per
+    type; this is its mixed-type variant, through the same write path (the request's
+    transaction, the audit stream or one INSERT), until medease.audit offers one.
     """
     user = getattr(request, "user", None)
     user_id = user.pk if user is not None and user.is_authenticated else None
-    ip = _ip(request)
+    ip = medease_audit._ip_or_none(request)
     request_id = current_request_id()
     events = [
         AuditEvent(
@@ -83,7 +76,7 @@ def audit_typed_rows(
         for object_type, object_id, patient_id, organization_id in rows
     ]
     if events:
-        AuditEvent.objects.bulk_create(events)
+        medease_audit._events_write(events)
 
 
 def audit_objects(*, request, action: str, objects: Iterable[models.Model]) -> None:

@@ -199,3 +199,11 @@ def test_the_console_home_links_the_front_desk(desk):
     body = desk.get(reverse("admin:index")).content.decode()
     assert 'id="frontdesk-module"' in body
     assert reverse("frontdesk:patients") in body
+
+
+def test_desk_pages_sit_behind_the_consoles_mfa_gate(desk, organization):
+    organization.mfa_required = True
+    organization.save(update_fields=["mfa_required"])
+    response = desk.get(reverse("frontdesk:patients"))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("admin:accounts_mfa_setup"))

@@ -7,8 +7,9 @@
   allowed origins (cross-site websocket hijacking).
 
 The result is ``scope["user"]`` (AnonymousUser when nothing authenticated) and
-``scope["auth_error"]``: ``None``, ``"bad_ticket"``, ``"no_credentials"`` (the consumer
-closes with 4401), ``"origin_not_allowed"`` (4403) or ``"unavailable"`` (1013, try again).
+``scope["auth_error"]``: ``None``, ``"bad_ticket"``, ``"no_credentials"``,
+``"mfa_required"`` (the consumer closes with 4401), ``"origin_not_allowed"`` (4403) or
+``"unavailable"`` (1013, try again).
 
 A socket authenticated by a session lives no longer than the session: signing out of the
 console (``session_sockets_close``) closes it with 4401 on every node, through a channel-
@@ -30,7 +31,9 @@ from channels.middleware import BaseMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import validate_host
+from django_otp import DEVICE_ID_SESSION_KEY
 
+from accounts import mfa
 from messaging import events, selectors, tickets
 
 logger = logging.getLogger("medease.messaging")
@@ -65,6 +68,15 @@ def _redeem_ticket(raw: str):
     if binding is None:
         return None
     return selectors.ticket_user(user_id=binding["user_id"], token_id=binding.get("token_id"))
+
+
+def _session_passed_mfa(user, session) -> bool:
+    """A console session may chat only once it passed the second factor the console asks
+    for: not while the clinic requires an authenticator the user has not set up, and not
+    from a password-only session of a user who has one (the console's own gate)."""
+    if mfa.mfa_enrolment_pending(user=user):
+        return False
+    return session.get(DEVICE_ID_SESSION_KEY) is not None or not mfa.mfa_enabled(user=user)
 
 
 def session_group(session_key: str) -> str:
@@ -178,5 +190,7 @@ class ChatAuthMiddleware(BaseMiddleware):
                 return AnonymousUser(), "origin_not_allowed", None
             user = await get_user(scope)
             if user.is_authenticated:
+                if not await database_sync_to_async(_session_passed_mfa)(user, scope["session"]):
+                    return AnonymousUser(), "mfa_required", None
                 return user, None, scope["session"].session_key
         return AnonymousUser(), "no_credentials", None

@@ -169,6 +169,15 @@ class MeApi(APIView):
             full_name=data.validated_data.get("full_name"),
             timezone_name=data.validated_data.get("timezone"),
         )
+        if user.is_patient:
+            # The answer is the patient's profile, written and read back: audited like get.
+            audit_log(
+                request=request,
+                action=AuditAction.UPDATE,
+                object_type="patient_profile",
+                object_ids=[user.pk],
+                patient_id=user.pk,
+            )
         return Response(UserOutput(user).data)
 
 

@@ -24,6 +24,8 @@ from django.utils.http import urlsafe_base64_encode
 
 from accounts import token_cache
 from accounts.models import (
+    CONSULTATION_MINUTES_MAX,
+    CONSULTATION_MINUTES_MIN,
     AuthToken,
     Organization,
     PatientProfile,
@@ -91,6 +93,13 @@ def user_create(
             "Providers and staff need an organization.",
             fields={"organization": ["This field is required for this role."]},
         )
+    if role == Role.PROVIDER and not (
+        CONSULTATION_MINUTES_MIN <= consultation_minutes <= CONSULTATION_MINUTES_MAX
+    ):
+        # Checked here so the caller hears why, not a constraint error read as "email taken".
+        low, high = CONSULTATION_MINUTES_MIN, CONSULTATION_MINUTES_MAX
+        message = f"A consultation lasts {low} to {high} minutes."
+        raise InvalidInput(message, fields={"consultation_minutes": [message]})
     if role == Role.PATIENT and organization is not None:
         raise InvalidInput(
             "Patients belong to no organization.",

@@ -11,8 +11,10 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.test import Client
 
-from accounts.models import ProviderProfile, User
+from accounts import services as account_services
+from accounts.models import ProviderProfile, Role, User
 from consultations.slotting import Window, slot_times
+from medease.exceptions import InvalidInput
 
 
 def _browser(user) -> Client:
@@ -97,3 +99,17 @@ def test_slot_generation_refuses_a_non_positive_length_instead_of_looping(minute
                 minutes=minutes,
             )
         )
+
+
+@pytest.mark.parametrize("minutes", [0, 481])
+def test_creating_a_provider_with_a_length_out_of_range_says_why(organization, minutes):
+    with pytest.raises(InvalidInput) as raised:
+        account_services.user_create(
+            email=f"len{minutes}@example.test",
+            password=None,
+            full_name="Dr. Length",
+            role=Role.PROVIDER,
+            organization=organization,
+            consultation_minutes=minutes,
+        )
+    assert "consultation_minutes" in raised.value.fields

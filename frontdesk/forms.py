@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.utils import timezone
 
 REASON_MAX = 200
 
@@ -31,6 +32,12 @@ class PatientRegisterForm(forms.Form):
         if not name:
             raise forms.ValidationError("A name is required.")
         return name
+
+    def clean_date_of_birth(self):
+        born = self.cleaned_data["date_of_birth"]
+        if born is not None and born > timezone.localdate():
+            raise forms.ValidationError("A date of birth cannot be in the future.")
+        return born
 
 
 class DayForm(forms.Form):

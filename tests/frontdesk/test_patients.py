@@ -207,3 +207,13 @@ def test_desk_pages_sit_behind_the_consoles_mfa_gate(desk, organization):
     response = desk.get(reverse("frontdesk:patients"))
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("admin:accounts_mfa_setup"))
+
+
+def test_register_refuses_a_birth_date_in_the_future(desk):
+    response = desk.post(
+        reverse("frontdesk:patient_register"),
+        {"full_name": "Not Born", "email": "future@example.test", "date_of_birth": "2999-01-01"},
+    )
+    assert response.status_code == 200
+    assert b"cannot be in the future" in response.content
+    assert not User.objects.filter(email="future@example.test").exists()

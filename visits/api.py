@@ -31,7 +31,6 @@ def _audit(request, *, action: str, call) -> None:
 class ConsultationCallApi(APIView):
     @extend_schema(
         summary="Join a consultation's video call",
-        tags=["consultations"],
         request=None,
         responses={
             200: CallJoinedOutput,
@@ -51,7 +50,6 @@ class ConsultationCallApi(APIView):
 
     @extend_schema(
         summary="Leave a consultation's video call",
-        tags=["consultations"],
         request=None,
         responses={204: None, **error(403, "not_participant")},
     )
@@ -62,7 +60,6 @@ class ConsultationCallApi(APIView):
 
     @extend_schema(
         summary="Read a consultation's video call",
-        tags=["consultations"],
         responses={200: CallStateOutput},
     )
     def get(self, request, consultation_id: int):

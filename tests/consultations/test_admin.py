@@ -4,11 +4,13 @@ inline, the today board and the read-only audit log."""
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Role, User
@@ -104,19 +106,32 @@ def test_changelist_query_count_does_not_grow(
         assert client.get(CHANGELIST).status_code == 200
 
 
-def test_cancel_action_goes_through_the_service(staff, clinic):
-    response = _browser(staff).post(
+def test_cancel_action_asks_for_a_reason_then_goes_through_the_service(staff, clinic):
+    client = _browser(staff)
+    response = client.post(
         CHANGELIST,
         {
             "action": "cancel_selected",
             "_selected_action": [clinic["mine"].pk, clinic["theirs"].pk],
         },
-        follow=True,
     )
-    assert response.status_code == 200
+    # No one-click cancellation: the desk's confirmation page, with the clinic's own only.
+    assert response.status_code == 302
+    location = urlsplit(response["Location"])
+    assert location.path == reverse("frontdesk:cancel")
+    assert parse_qs(location.query)["ids"] == [str(clinic["mine"].pk)]
+    clinic["mine"].refresh_from_db()
+    assert clinic["mine"].status == ConsultationStatus.SCHEDULED
+
+    confirmed = client.post(
+        reverse("frontdesk:cancel"),
+        {"ids": str(clinic["mine"].pk), "reason": "Clinic closed", "confirm": "True"},
+    )
+    assert confirmed.status_code == 302
     clinic["mine"].refresh_from_db()
     clinic["theirs"].refresh_from_db()
     assert clinic["mine"].status == ConsultationStatus.CANCELLED
+    assert clinic["mine"].cancellation_reason == "Clinic closed"
     assert clinic["mine"].cancelled_by == staff
     # Another clinic's consultation is outside the staff member's queryset: untouched.
     assert clinic["theirs"].status == ConsultationStatus.SCHEDULED

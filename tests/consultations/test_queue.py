@@ -154,14 +154,16 @@ def test_call_next_while_busy_is_409_and_keeps_the_entry(token_client, patients,
     assert client.post(f"/api/v1/providers/{provider.pk}/queue/next").status_code == 201
 
 
-def test_a_walk_in_cannot_run_into_a_booked_consultation(
+def test_a_walk_in_called_before_a_booking_is_planned_to_end_by_it(
     token_client, patient, other_patient, provider, make_slot, book
 ):
-    book(other_patient, make_slot(provider, hours=0.2))  # starts in 12 minutes
+    booked = book(other_patient, make_slot(provider, hours=0.2))  # starts in 12 minutes
     services.queue_join(patient=patient, provider=provider)
     response = token_client(provider).post(f"/api/v1/providers/{provider.pk}/queue/next")
-    assert response.status_code == 409
-    assert QueueEntry.objects.get(patient=patient).status == QueueStatus.WAITING
+    assert response.status_code == 201
+    walk_in = Consultation.objects.get(pk=response.json()["id"])
+    assert walk_in.scheduled_end == booked.scheduled_start
+    assert QueueEntry.objects.get(patient=patient).status == QueueStatus.CALLED
 
 
 def test_left_entries_are_skipped_by_call_next(patients, provider):

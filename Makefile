@@ -79,8 +79,10 @@ migrate: install
 seed: migrate
 	$(BIN)/python manage.py seed_demo
 
+## bench: every hot endpoint as a ratio to a bare Django view (docs/performance.md);
+## needs DATABASE_URL (a PostgreSQL server); BENCH_ARGS=--quick for a smoke run
 bench: install-dev
-	$(BIN)/python bench/http_bench.py
+	$(BIN)/python bench/http_floor.py $(BENCH_ARGS)
 
 ## cluster: nginx + two web nodes + a streaming replica + Redis + worker + beat, on this machine
 cluster: install

@@ -1,0 +1,542 @@
+#!/usr/bin/env python
+"""Cost of each hot endpoint as a ratio to a bare Django view, measured side by side.
+
+Two uvicorn processes run the Procfile's web command (tests/procfile.py), both pinned to
+the same core with ``taskset`` while the load generator pins itself to the other cores:
+
+* the **floor**: ``bench/floor_settings.py`` (the product's settings, ``MIDDLEWARE = []``)
+  serving ``bench/floor_urls.py``, one view that runs ``SELECT 1`` through the same
+  psycopg pool;
+* the **app**: ``config.settings`` with ``DEBUG=0``, rate limits enforced in Redis but
+  raised, on demo data (``seed_demo``) plus bench data (patients with 45 consultations,
+  a chat of 60 messages, providers with thousands of free slots to book).
+
+Only one of them is under load at a time. Each round measures the floor and every endpoint
+once, in alternating order (odd rounds reversed), so slow drifts of a shared machine hit
+both sides alike. Per measurement: requests/s, p50/p95/p99 as the clients saw them, and
+the server's CPU per request (utime+stime of the uvicorn process from /proc). The table
+gives the median over rounds and, per endpoint, the median of its per-round ratios to the
+floor of the same round, with the issue 11 targets as pass/fail.
+
+It creates its own database on the PostgreSQL server of ``DATABASE_URL`` and its own
+redis-server, and removes both at the end.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/http_floor.py
+    .venv/bin/python bench/http_floor.py --quick              # smoke: 1 short round
+    .venv/bin/python bench/http_floor.py --json out.json --profile consultations,messages
+
+Results and conclusions: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from bench.http_bench import (  # noqa: E402
+    backend_pids,
+    cpu_seconds,
+    node_environment,
+    percentile,
+    process_tree,
+)
+from tests.procfile import procfile_web_command  # noqa: E402
+from tests.scale.harness import (  # noqa: E402
+    REPO,
+    Node,
+    Postgres,
+    RedisServer,
+    last_json_line,
+    manage,
+    run_django,
+    unique,
+)
+
+READS = (
+    "dashboard_patient",
+    "dashboard_provider",
+    "dashboard_staff",
+    "providers",
+    "slots",
+    "consultations",
+    "consultation",
+    "messages",
+)
+WRITES = ("chat_send", "booking")
+ENDPOINTS = READS + WRITES
+# Issue 11's targets, as ratios to the floor of the same round.
+READ_MIN_RPS, READ_MAX_CPU, READ_MAX_P99 = 0.35, 3.0, 3.0
+WRITE_MIN_RPS = 0.25
+
+# Runs in a Django subprocess on the bench database, after seed_demo.
+SEED = """
+import json, random
+from datetime import time, timedelta
+from django.utils import timezone
+from accounts import services as accounts
+from accounts.models import Organization, Role, User
+from consultations import services as clinic
+from consultations.models import Slot
+from consultations.slotting import Window
+from messaging import services as chat
+
+org = Organization.objects.get(slug="demo")
+demo = list(User.objects.filter(organization=org, role=Role.PROVIDER,
+                                email__endswith="@demo.medease.test").order_by("pk"))
+staff = User.objects.get(email="staff@demo.medease.test")
+soon = timezone.now() + timedelta(hours=2)
+free = list(Slot.objects.filter(provider__in=demo, start__gt=soon, consultations__isnull=True)
+            .order_by("start", "provider_id").values_list("pk", flat=True))
+heavy, heavy_tokens, booked = [], [], []
+for n in range({heavy}):
+    patient = accounts.user_create(email=f"heavy{{n}}@bench.test", password=None,
+                                   full_name=f"Heavy Patient {{n}}", validate=False)
+    mine = []
+    for _ in range({per_patient}):
+        consultation, _ = clinic.consultation_book(patient=patient, slot_id=free.pop(),
+                                                   reason="bench history")
+        mine.append(consultation)
+    for i in range({messages}):
+        sender = patient if i % 2 else mine[0].provider
+        chat.message_send(consultation=mine[0], sender=sender, body=f"message {{i}}",
+                          client_id=f"seed-{{n}}-{{i}}")
+    heavy_tokens.append(accounts.token_issue(user=patient)[0])
+    booked.append([mine[0].pk, mine[1].pk])
+bookers = []
+for n in range({booking_providers}):
+    provider = accounts.user_create(email=f"book{{n}}@bench.test", password=None,
+                                    full_name=f"Dr. Booking {{n}}", role=Role.PROVIDER,
+                                    organization=org, consultation_minutes=10, validate=False)
+    clinic.availability_replace(provider=provider,
+                                windows=[Window(d, time(0), time(23, 50)) for d in range(7)])
+    bookers.append(provider.pk)
+slots = list(Slot.objects.filter(provider_id__in=bookers, start__gt=soon)
+             .values_list("pk", flat=True))
+random.shuffle(slots)
+booking_tokens = []
+for n in range({booking_patients}):
+    patient = accounts.user_create(email=f"booker{{n}}@bench.test", password=None,
+                                   full_name=f"Booking Patient {{n}}", validate=False)
+    booking_tokens.append(accounts.token_issue(user=patient)[0])
+print(json.dumps({{
+    "providers": [p.pk for p in demo],
+    "heavy_tokens": heavy_tokens,
+    "heavy_consultations": booked,
+    "provider_token": accounts.token_issue(user=mine[0].provider)[0],
+    "staff_token": accounts.token_issue(user=staff)[0],
+    "booking_tokens": booking_tokens,
+    "booking_slots": slots,
+}}))
+"""
+
+
+@dataclass
+class ProcfileNode(Node):
+    """A web node started with the Procfile's exact uvicorn command and flags."""
+
+    def spawn(self) -> None:
+        self.proc = subprocess.Popen(
+            [*self.command_prefix, *procfile_web_command(self.port)],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@dataclass
+class Measurement:
+    endpoint: str
+    round: int
+    requests: int
+    errors: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    cpu_ms: float
+    pg_cpu_ms: float
+    client_cores: float
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+class Load:
+    """Builds each endpoint's requests from the seeded data and measures one endpoint."""
+
+    def __init__(self, args: argparse.Namespace, data: dict, pg_pids):
+        self.args = args
+        self.data = data
+        self.pg_pids = pg_pids
+        self.counter = 0
+        self.slots = list(data["booking_slots"])
+        self.run_tag = unique()
+
+    def request(self, client: httpx.AsyncClient, endpoint: str):
+        self.counter += 1
+        n = self.counter
+        d = self.data
+        heavy = n % len(d["heavy_tokens"])
+        patient = {"Authorization": f"Bearer {d['heavy_tokens'][heavy]}"}
+        history, chat = d["heavy_consultations"][heavy]
+        if endpoint == "floor":
+            return client.get("/floor")
+        if endpoint == "booking":
+            token = d["booking_tokens"][n % len(d["booking_tokens"])]
+            slot = self.slots.pop() if self.slots else 0  # 0: an error, counted as such
+            return client.post(
+                "/api/v1/consultations",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"slot": slot, "reason": "bench"},
+            )
+        if endpoint == "chat_send":
+            return client.post(
+                f"/api/v1/consultations/{chat}/messages",
+                headers=patient,
+                json={"body": f"bench message {n}", "client_id": f"b-{self.run_tag}-{n}"},
+            )
+        if endpoint == "dashboard_provider":
+            return client.get(
+                "/api/v1/dashboard", headers={"Authorization": f"Bearer {d['provider_token']}"}
+            )
+        if endpoint == "dashboard_staff":
+            return client.get(
+                "/api/v1/dashboard", headers={"Authorization": f"Bearer {d['staff_token']}"}
+            )
+        provider = d["providers"][n % len(d["providers"])]
+        path = {
+            "dashboard_patient": "/api/v1/dashboard",
+            "providers": "/api/v1/providers",
+            "slots": f"/api/v1/providers/{provider}/slots",  # the default window: 7 days
+            "consultations": "/api/v1/consultations?limit=20",
+            "consultation": f"/api/v1/consultations/{history}",
+            "messages": f"/api/v1/consultations/{history}/messages?limit=50",
+        }[endpoint]
+        return client.get(path, headers=patient)
+
+    async def measure(
+        self, url: str, endpoint: str, *, seconds: float, server_pids: list[int], round_: int
+    ) -> Measurement:
+        latencies: list[float] = []
+        statuses: Counter[str] = Counter()
+        concurrency = self.args.concurrency
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+            stop_at = time.monotonic() + seconds
+
+            async def worker() -> None:
+                while time.monotonic() < stop_at:
+                    started = time.perf_counter()
+                    try:
+                        response = await self.request(client, endpoint)
+                        status = str(response.status_code)
+                    except httpx.HTTPError as exc:
+                        status = type(exc).__name__
+                    latencies.append(time.perf_counter() - started)
+                    statuses[status] += 1
+                    client.cookies.clear()
+
+            pg_pids = self.pg_pids()
+            cpu_before, pg_before = cpu_seconds(server_pids), cpu_seconds(pg_pids)
+            client_before = sum(os.times()[:2])
+            began = time.monotonic()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.monotonic() - began
+            cpu_used = cpu_seconds(server_pids) - cpu_before
+            pg_used = cpu_seconds([p for p in self.pg_pids() if p in pg_pids]) - pg_before
+            client_used = sum(os.times()[:2]) - client_before
+        count = len(latencies)
+        errors = sum(v for k, v in statuses.items() if k not in ("200", "201"))
+        return Measurement(
+            endpoint=endpoint,
+            round=round_,
+            requests=count,
+            errors=errors,
+            seconds=round(elapsed, 2),
+            rps=round(count / elapsed, 1),
+            p50_ms=round(percentile(latencies, 0.50) * 1000, 1),
+            p95_ms=round(percentile(latencies, 0.95) * 1000, 1),
+            p99_ms=round(percentile(latencies, 0.99) * 1000, 1),
+            cpu_ms=round(cpu_used * 1000 / max(count, 1), 2),
+            pg_cpu_ms=round(max(pg_used, 0) * 1000 / max(count, 1), 2),
+            client_cores=round(client_used / elapsed, 2),
+            statuses=dict(statuses),
+        )
+
+
+def summarize(measurements: list[Measurement]) -> list[dict]:
+    """Medians per endpoint, and medians of the per-round ratios to the same round's floor."""
+    floors = {m.round: m for m in measurements if m.endpoint == "floor"}
+    rows = []
+    for endpoint in ("floor", *ENDPOINTS):
+        mine = [m for m in measurements if m.endpoint == endpoint]
+        if not mine:
+            continue
+
+        def median(values):
+            return round(statistics.median(values), 2)
+
+        def ratio(attr: str, mine=mine) -> float:
+            return median(
+                [getattr(m, attr) / max(getattr(floors[m.round], attr), 1e-9) for m in mine]
+            )
+
+        row = {
+            "endpoint": endpoint,
+            "rounds": len(mine),
+            "rps": median([m.rps for m in mine]),
+            "p50_ms": median([m.p50_ms for m in mine]),
+            "p95_ms": median([m.p95_ms for m in mine]),
+            "p99_ms": median([m.p99_ms for m in mine]),
+            "cpu_ms": median([m.cpu_ms for m in mine]),
+            "pg_cpu_ms": median([m.pg_cpu_ms for m in mine]),
+            "errors": sum(m.errors for m in mine),
+            "requests": sum(m.requests for m in mine),
+            "rps_x": ratio("rps"),
+            "p50_x": ratio("p50_ms"),
+            "p95_x": ratio("p95_ms"),
+            "p99_x": ratio("p99_ms"),
+            "cpu_x": ratio("cpu_ms"),
+        }
+        misses = []
+        if endpoint in WRITES:
+            row["target"] = f"req/s >= {WRITE_MIN_RPS}x"
+            misses += ["req/s"] * (row["rps_x"] < WRITE_MIN_RPS)
+        elif endpoint != "floor":
+            row["target"] = (
+                f"req/s >= {READ_MIN_RPS}x, CPU <= {READ_MAX_CPU}x, p99 <= {READ_MAX_P99}x"
+            )
+            misses += ["req/s"] * (row["rps_x"] < READ_MIN_RPS)
+            misses += ["CPU"] * (row["cpu_x"] > READ_MAX_CPU)
+            misses += ["p99"] * (row["p99_x"] > READ_MAX_P99)
+        misses += ["errors"] * (row["errors"] > 0)
+        row["misses"] = misses
+        row["pass"] = None if endpoint == "floor" else not misses
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| endpoint | req/s | x floor | p50 ms | p95 ms | p99 ms | p99 x floor "
+        "| server CPU ms/req | CPU x floor | PostgreSQL CPU ms/req | errors | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        verdict = "" if r["pass"] is None else "pass"
+        if r["pass"] is False:
+            verdict = "**FAIL** (" + ", ".join(r["misses"]) + ")"
+        lines.append(
+            f"| {r['endpoint']} | {r['rps']:.0f} | {r['rps_x']:.2f} | {r['p50_ms']:.1f} "
+            f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['p99_x']:.2f} | {r['cpu_ms']:.2f} "
+            f"| {r['cpu_x']:.2f} | {r['pg_cpu_ms']:.2f} | {r['errors']} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def pyspy_profile(load: Load, node: ProcfileNode, endpoint: str, out: Path, seconds: float):
+    """Load one endpoint while py-spy samples the server; writes its collapsed stacks.
+
+    ``bench/profile_top.py`` summarizes them; flamegraph.pl or speedscope draw them.
+    """
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / f"{endpoint}.txt"
+    # --gil: only the thread holding the GIL is sampled, so the shares are of the CPU the
+    # process spends in Python (threads waiting on PostgreSQL or Redis are left out).
+    # --nonblocking: the server is not paused; 100 Hz keeps py-spy from falling behind.
+    with (out / "py-spy.log").open("ab") as log:
+        spy = subprocess.Popen(
+            [
+                pyspy,
+                "record",
+                "--pid",
+                str(node.proc.pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "100",
+                "--gil",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "-o",
+                str(raw),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(1)  # py-spy attaches
+        asyncio.run(
+            load.measure(
+                node.url,
+                endpoint,
+                seconds=seconds + 1,
+                server_pids=process_tree(node.proc.pid),
+                round_=-1,
+            )
+        )
+        spy.wait(timeout=120)
+    return raw
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
+    parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=1.5, help="seconds before each")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--pool", type=int, default=10, help="DATABASE_POOL_MAX_SIZE")
+    parser.add_argument("--quick", action="store_true", help="smoke: 1 round of 2 s")
+    parser.add_argument("--json", help="also write the measurements and summary here")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="after the rounds, py-spy these endpoints under load (comma-separated)",
+    )
+    parser.add_argument("--profile-seconds", type=float, default=20.0)
+    parser.add_argument("--profile-dir", default="var/bench-profile")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 2.0, 0.5
+    if not args.database_url.startswith("postgres"):
+        raise SystemExit("set DATABASE_URL (or --database-url) to a PostgreSQL server")
+    endpoints = [e for e in args.endpoints.split(",") if e]
+    unknown = set(endpoints) - set(ENDPOINTS)
+    if unknown:
+        raise SystemExit(f"unknown endpoints: {sorted(unknown)}; choose from {ENDPOINTS}")
+
+    parsed = urlparse(args.database_url)
+    primary = Postgres(
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 5432,
+        user=parsed.username or "postgres",
+        password=parsed.password or "",
+    )
+    database = unique("medease_bench_")
+    root = Path(tempfile.mkdtemp(prefix="medease-floor-"))
+    redis = RedisServer(root=root / "redis")
+    app: ProcfileNode | None = None
+    floor: ProcfileNode | None = None
+    cpus = sorted(os.sched_getaffinity(0))
+    measurements: list[Measurement] = []
+    started = datetime.now(UTC)
+    try:
+        primary.query(f'CREATE DATABASE "{database}"')
+        redis.start()
+        env = node_environment(args, primary.url(database), redis, root / "var")
+        print(f"setting up {database} ...", file=sys.stderr)
+        manage(env, "migrate", "--noinput")
+        manage(env, "seed_demo", "--force")
+        data = last_json_line(
+            run_django(
+                env,
+                SEED.format(
+                    heavy=4, per_patient=45, messages=60, booking_providers=6, booking_patients=32
+                ),
+            )
+        )
+        prefix = ["taskset", "-c", str(cpus[0])] if len(cpus) > 1 else []
+        app = ProcfileNode(name="app", env=env, log=root / "app.log", command_prefix=prefix)
+        floor_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.floor_settings"}
+        floor = ProcfileNode(
+            name="floor", env=floor_env, log=root / "floor.log", command_prefix=prefix
+        )
+        app.start()
+        floor.start()
+        if prefix:
+            # The load generator keeps off the servers' core.
+            os.sched_setaffinity(0, set(cpus[1:]))
+        nodes = {"floor": floor}
+        load = Load(args, data, pg_pids=lambda: backend_pids(primary, database))
+        names = ["floor", *endpoints]
+        for round_ in range(args.rounds):
+            order = names if round_ % 2 == 0 else names[::-1]
+            for name in order:
+                node = nodes.get(name, app)
+                pids = process_tree(node.proc.pid)
+                asyncio.run(
+                    load.measure(
+                        node.url, name, seconds=args.warmup, server_pids=pids, round_=round_
+                    )
+                )
+                m = asyncio.run(
+                    load.measure(
+                        node.url, name, seconds=args.duration, server_pids=pids, round_=round_
+                    )
+                )
+                measurements.append(m)
+                print(
+                    f"round {round_ + 1}/{args.rounds} {name:18} {m.rps:7.1f} req/s "
+                    f"p50 {m.p50_ms:6.1f} p95 {m.p95_ms:6.1f} p99 {m.p99_ms:6.1f} ms "
+                    f"cpu {m.cpu_ms:5.2f} ms/req pg {m.pg_cpu_ms:5.2f} "
+                    f"client {m.client_cores:.2f} cores {m.statuses}",
+                    file=sys.stderr,
+                )
+        for name in filter(None, args.profile.split(",")):
+            raw = pyspy_profile(
+                load, nodes.get(name, app), name, Path(args.profile_dir), args.profile_seconds
+            )
+            print(f"profile of {name}: {raw}", file=sys.stderr)
+    finally:
+        for node in (app, floor):
+            if node is not None:
+                node.stop()
+        redis.kill()
+        with contextlib.suppress(Exception):
+            primary.query(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        shutil.rmtree(root, ignore_errors=True)
+
+    rows = summarize(measurements)
+    load_average = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"\n{started:%Y-%m-%d %H:%M} UTC. Two uvicorn processes (Procfile command) pinned to "
+        f"CPU {cpus[0]}, load generator on CPU {','.join(map(str, cpus[1:])) or '-'}; "
+        f"{args.concurrency} connections; median of {args.rounds} interleaved rounds of "
+        f"{args.duration:g} s per endpoint; ratios are medians of per-round ratios to the "
+        f"floor (bare Django view, no middleware, SELECT 1 through the pool). "
+        f"{os.cpu_count()} CPUs, load average {load_average}.\n"
+    )
+    if not rows:
+        return
+    print(table(rows))
+    failed = [r["endpoint"] for r in rows if r["pass"] is False]
+    print(f"\n{len(rows) - 1 - len(failed)} of {len(rows) - 1} endpoints meet their target.")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "started": started.isoformat(),
+                    "args": vars(args),
+                    "summary": rows,
+                    "measurements": [asdict(m) for m in measurements],
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

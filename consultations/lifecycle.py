@@ -153,6 +153,20 @@ TRANSITIONS: Mapping[str, Transition] = {
             event="no_show_marked",
             after_start=True,
         ),
+        # The video visit's no-show: the provider joined the call (which started the
+        # consultation) but the patient never did (FACTS "joined"). Never from a visit the
+        # patient joined. Taken by the visit's job (end + VISIT_NO_SHOW_GRACE_MINUTES) or the
+        # clinic; served by services.consultation_mark_visit_no_show.
+        Transition(
+            action="visit_no_show",
+            sources=frozenset({ConsultationStatus.IN_PROGRESS}),
+            target=ConsultationStatus.NO_SHOW,
+            roles=CLINIC,
+            stamp="no_show_at",
+            verb="marked as a no-show",
+            event="no_show_marked",
+            after_start=True,
+        ),
     )
 }
 

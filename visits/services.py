@@ -19,7 +19,7 @@ from accounts.models import Role, User
 from accounts.selectors import organization_members
 from consultations import lifecycle
 from consultations.models import Consultation, ConsultationStatus
-from consultations.services import consultation_start
+from consultations.services import consultation_mark_visit_no_show, consultation_start
 from medease.exceptions import Conflict, Forbidden, NotFound
 from visits import events
 from visits.models import Call, CallParticipant, CallStatus
@@ -243,3 +243,29 @@ def provider_absent_still_true(notification, now) -> str | None:
     if consultation["status"] == ConsultationStatus.CANCELLED:
         return "the consultation was cancelled"
     return None
+
+
+def visits_mark_patient_no_shows(*, now: datetime | None = None) -> int:
+    """Beat job: a visit whose provider joined the call (which started it) but whose patient
+    never did, by the scheduled end plus VISIT_NO_SHOW_GRACE_MINUTES, is the patient's
+    no-show. Safe to run twice (the transition is conditional). Returns how many."""
+    now = now or timezone.now()
+    grace = timedelta(minutes=settings.VISIT_NO_SHOW_GRACE_MINUTES)
+    overdue = list(
+        Consultation.objects.filter(
+            status__in=lifecycle.TRANSITIONS["visit_no_show"].sources,
+            scheduled_end__lt=now - grace,
+            provider_joined_at__isnull=False,
+            patient_joined_at__isnull=True,
+        )
+        .select_related("patient", "provider", "organization")
+        .order_by("id")[:500]
+    )
+    marked = 0
+    for consultation in overdue:
+        try:
+            consultation_mark_visit_no_show(consultation=consultation, actor=None)
+            marked += 1
+        except Conflict:
+            pass  # the patient joined, or it was completed meanwhile: not a no-show
+    return marked

@@ -10,7 +10,7 @@ from visits import services
 
 
 @shared_task(
-    name="visits.report_absent_providers",
+    name="visits.attribute_no_shows",
     queue="maintenance",
     acks_late=True,
     reject_on_worker_lost=True,
@@ -23,7 +23,11 @@ from visits import services
     retry_jitter=True,
     max_retries=5,
 )
-def report_absent_providers() -> int:
-    """Report visits whose provider never joined the call to the patient and the clinic."""
+def attribute_no_shows() -> dict:
+    """Past the end plus the grace: a patient who never joined a visit the provider joined
+    is a no-show; a provider who never joined one the patient joined is reported."""
     with db_routing.use_primary():
-        return services.visits_report_absent_providers()
+        return {
+            "patient_no_shows": services.visits_mark_patient_no_shows(),
+            "absent_providers": services.visits_report_absent_providers(),
+        }

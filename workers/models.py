@@ -14,6 +14,7 @@ class NotificationKind(models.TextChoices):
     CONSULTATION_RESCHEDULED = "consultation_rescheduled", "Consultation rescheduled"
     CONSULTATION_STARTED = "consultation_started", "Consultation started"
     NO_SHOW_MARKED = "no_show_marked", "Marked as no-show"
+    PROVIDER_ABSENT = "provider_absent", "Provider did not join the visit"
     REMINDER_24H = "reminder_24h", "Reminder, 24 hours before"
     REMINDER_1H = "reminder_1h", "Reminder, 1 hour before"
     QUEUE_CALLED = "queue_called", "You are next in the queue"

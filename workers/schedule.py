@@ -44,6 +44,12 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 5 * 60,
         "options": {"queue": "maintenance", "expires": 5 * 60},
     },
+    # Video visits (visits/tasks.py): no-shows by who joined the call, absent providers reported.
+    "visits-attribute-no-shows": {
+        "task": "visits.attribute_no_shows",
+        "schedule": 5 * 60,
+        "options": {"queue": "maintenance", "expires": 5 * 60},
+    },
     # Attachments (attachments/tasks.py): uploads never completed are removed.
     "attachments-cleanup": {
         "task": "attachments.cleanup",

@@ -8,6 +8,7 @@ invalidates caches. ``consultation_cancel`` and co. are thin wrappers kept for c
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -84,6 +85,14 @@ def _apply(
     return consultation
 
 
+def _tell_closed_on_commit(*, consultation: Consultation, transition: Transition) -> None:
+    """A consultation that leaves the active statuses tells the apps listening
+    (``lifecycle.on_closed``: the video visit ends its call) once the change is committed."""
+    if not lifecycle.is_active(transition.target):
+        for listener in lifecycle.closed_listeners():
+            transaction.on_commit(partial(listener, consultation.pk))
+
+
 def consultation_transition(
     *,
     consultation: Consultation,
@@ -107,6 +116,7 @@ def consultation_transition(
                 consultation=consultation, kind=transition.event
             )
         _invalidate_for(consultation, slots=transition.frees_or_takes_time)
+        _tell_closed_on_commit(consultation=consultation, transition=transition)
     return consultation
 
 
@@ -136,6 +146,32 @@ def consultation_complete(
 def consultation_mark_no_show(*, consultation: Consultation, actor: User | None) -> Consultation:
     """Mark a scheduled consultation whose start has passed as a no-show."""
     return consultation_transition(consultation=consultation, action="no_show", actor=actor)
+
+
+def consultation_mark_visit_no_show(
+    *, consultation: Consultation, actor: User | None
+) -> Consultation:
+    """Mark a video visit as the patient's no-show: the provider joined the call (which
+    started it), the patient never did. 409 ``patient_joined`` if the patient joined."""
+    transition = lifecycle.TRANSITIONS["visit_no_show"]
+    _authorize(actor=actor, consultation=consultation, transition=transition)
+    _check_timing(actor=actor, consultation=consultation, transition=transition)
+    with transaction.atomic():
+        # Locked, so a patient joining right now is either seen here or refused by the
+        # call (the consultation is no longer open when their join takes the lock).
+        joined = (
+            Consultation.objects.select_for_update(no_key=True)
+            .filter(pk=consultation.pk)
+            .values_list("patient_joined_at", flat=True)
+            .first()
+        )
+        if joined is not None:
+            raise Conflict("The patient joined this visit.", code="patient_joined")
+        _apply(consultation=consultation, transition=transition, actor=actor, note=None)
+        notifications.notify_consultation_event(consultation=consultation, kind=transition.event)
+        _invalidate_for(consultation, slots=transition.frees_or_takes_time)
+        _tell_closed_on_commit(consultation=consultation, transition=transition)
+    return consultation
 
 
 def consultation_reschedule(
@@ -178,6 +214,7 @@ def consultation_reschedule(
                 consultation=new, kind="consultation_rescheduled"
             )
             _invalidate_for(new)
+            _tell_closed_on_commit(consultation=old, transition=transition)
     except IntegrityError as exc:
         # Rolled back: the original consultation is still scheduled; drop in-memory changes.
         consultation.refresh_from_db()
@@ -191,12 +228,15 @@ def consultation_reschedule(
 
 def consultations_mark_overdue_no_shows() -> int:
     """Beat job: scheduled consultations never started by the end of their slot plus a grace
-    period become no-shows. Safe to run twice (each transition is conditional)."""
+    period become no-shows, unless the patient joined the video visit (then the provider is
+    the one absent: visits reports it, never as the patient's no-show). Safe to run twice
+    (each transition is conditional)."""
     grace = timedelta(minutes=settings.CONSULTATION_NO_SHOW_GRACE_MINUTES)
     overdue = list(
         Consultation.objects.filter(
             status__in=lifecycle.TRANSITIONS["no_show"].sources,
             scheduled_end__lt=timezone.now() - grace,
+            patient_joined_at__isnull=True,
         ).order_by("id")[:500]
     )
     marked = 0

@@ -9,9 +9,11 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import Role
+from consultations import services as consultation_services
 from consultations.models import ConsultationStatus
+from medease.exceptions import Conflict
 from tests.messaging.conftest import make_consultation
-from visits import services
+from visits import services, tasks
 from workers import relevance
 from workers.channels import channel_for
 from workers.models import Notification
@@ -89,3 +91,49 @@ def test_a_late_provider_drops_the_queued_report(chat, past_visit):
     services.call_join(consultation=past_visit, user=chat.provider)
     row.refresh_from_db()
     assert relevance.reason_not_to_send(row, now=timezone.now()) == "the provider joined the call"
+
+
+def test_a_patient_who_never_joined_a_started_visit_is_a_no_show(
+    chat, past_visit, django_capture_on_commit_callbacks
+):
+    services.call_join(consultation=past_visit, user=chat.provider)
+    past_visit.refresh_from_db()
+    assert past_visit.status == ConsultationStatus.IN_PROGRESS
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.visits_mark_patient_no_shows() == 1
+    past_visit.refresh_from_db()
+    assert past_visit.status == ConsultationStatus.NO_SHOW
+    assert past_visit.no_show_at is not None
+    assert Notification.objects.filter(kind="no_show_marked", user=chat.patient).exists()
+    # The call ended with the consultation (lifecycle.on_closed, after commit).
+    call = past_visit.call
+    call.refresh_from_db()
+    assert call.status == "ended"
+    assert not call.participants.filter(left_at__isnull=True).exists()
+    assert services.visits_mark_patient_no_shows() == 0  # twice: nothing more
+
+
+def test_a_patient_who_joined_is_never_a_no_show(chat, past_visit, settings):
+    services.call_join(consultation=past_visit, user=chat.patient)
+    services.call_join(consultation=past_visit, user=chat.provider)
+    assert services.visits_mark_patient_no_shows() == 0
+    with pytest.raises(Conflict):
+        consultation_services.consultation_mark_visit_no_show(
+            consultation=past_visit, actor=chat.provider
+        )
+
+
+def test_the_clinic_job_leaves_a_patient_who_waited_for_an_absent_provider(chat, past_visit):
+    services.call_join(consultation=past_visit, user=chat.patient)
+    assert consultation_services.consultations_mark_overdue_no_shows() == 0
+    past_visit.refresh_from_db()
+    assert past_visit.status == ConsultationStatus.SCHEDULED
+    assert services.visits_report_absent_providers() == 1
+
+
+def test_the_task_runs_both_sides(chat, past_visit, make_user):
+    services.call_join(consultation=past_visit, user=chat.patient)
+    assert tasks.attribute_no_shows.apply().get() == {
+        "patient_no_shows": 0,
+        "absent_providers": 1,
+    }

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from channels.db import database_sync_to_async
 
-from consultations import lifecycle
 from consultations import services as consultation_services
 from messaging import events as chat_events
 from tests.messaging.conftest import issue_ticket, ws_path
@@ -63,17 +62,10 @@ async def test_the_call_ends_with_the_consultation(chat, sockets):
     await join(chat, chat.provider)
     patient = await open_socket(sockets, chat, chat.patient)
     consultation = await db(lambda: type(chat.consultation).objects.get(pk=chat.consultation.pk))()
+    # The transition service tells visits after commit (consultations.lifecycle.on_closed).
     await db(consultation_services.consultation_complete)(
         consultation=consultation, actor=chat.provider
     )
-    # The listener visits registers with consultations.lifecycle.on_closed, called here as
-    # the transition service calls it after commit.
-    [listener] = [
-        listener
-        for listener in lifecycle.closed_listeners()
-        if listener is services.call_end_for_closed_consultation
-    ]
-    await db(listener)(consultation.pk)
     event = await patient.receive_type("call.state")
     assert event["call"]["status"] == "ended"
     assert all(p["left_at"] for p in event["call"]["participants"])

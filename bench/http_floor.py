@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import redis as redis_client  # noqa: E402
 
 from bench.http_bench import (  # noqa: E402
     backend_pids,
@@ -178,13 +179,15 @@ class Measurement:
     cpu_ms: float
     pg_cpu_ms: float
     client_cores: float
+    redis_commands: float
     statuses: dict[str, int] = field(default_factory=dict)
 
 
 class Load:
     """Builds each endpoint's requests from the seeded data and measures one endpoint."""
 
-    def __init__(self, args: argparse.Namespace, data: dict, pg_pids):
+    def __init__(self, args: argparse.Namespace, data: dict, pg_pids, redis_commands):
+        self.redis_commands = redis_commands
         self.args = args
         self.data = data
         self.pg_pids = pg_pids
@@ -259,8 +262,10 @@ class Load:
             pg_pids = self.pg_pids()
             cpu_before, pg_before = cpu_seconds(server_pids), cpu_seconds(pg_pids)
             client_before = sum(os.times()[:2])
+            redis_before = self.redis_commands()
             began = time.monotonic()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
+            redis_used = self.redis_commands() - redis_before - 1  # the INFO itself
             elapsed = time.monotonic() - began
             cpu_used = cpu_seconds(server_pids) - cpu_before
             pg_used = cpu_seconds([p for p in self.pg_pids() if p in pg_pids]) - pg_before
@@ -280,6 +285,7 @@ class Load:
             cpu_ms=round(cpu_used * 1000 / max(count, 1), 2),
             pg_cpu_ms=round(max(pg_used, 0) * 1000 / max(count, 1), 2),
             client_cores=round(client_used / elapsed, 2),
+            redis_commands=round(redis_used / max(count, 1), 1),
             statuses=dict(statuses),
         )
 
@@ -310,6 +316,7 @@ def summarize(measurements: list[Measurement]) -> list[dict]:
             "p99_ms": median([m.p99_ms for m in mine]),
             "cpu_ms": median([m.cpu_ms for m in mine]),
             "pg_cpu_ms": median([m.pg_cpu_ms for m in mine]),
+            "redis_commands": median([m.redis_commands for m in mine]),
             "errors": sum(m.errors for m in mine),
             "requests": sum(m.requests for m in mine),
             "rps_x": ratio("rps"),
@@ -339,8 +346,9 @@ def summarize(measurements: list[Measurement]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     lines = [
         "| endpoint | req/s | x floor | p50 ms | p95 ms | p99 ms | p99 x floor "
-        "| server CPU ms/req | CPU x floor | PostgreSQL CPU ms/req | errors | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU ms/req | CPU x floor | PostgreSQL CPU ms/req | Redis commands/req | errors "
+        "| target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         verdict = "" if r["pass"] is None else "pass"
@@ -349,7 +357,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['endpoint']} | {r['rps']:.0f} | {r['rps_x']:.2f} | {r['p50_ms']:.1f} "
             f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['p99_x']:.2f} | {r['cpu_ms']:.2f} "
-            f"| {r['cpu_x']:.2f} | {r['pg_cpu_ms']:.2f} | {r['errors']} | {verdict} |"
+            f"| {r['cpu_x']:.2f} | {r['pg_cpu_ms']:.2f} | {r['redis_commands']:.1f} "
+            f"| {r['errors']} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -470,7 +479,13 @@ def main() -> None:
             # The load generator keeps off the servers' core.
             os.sched_setaffinity(0, set(cpus[1:]))
         nodes = {"floor": floor}
-        load = Load(args, data, pg_pids=lambda: backend_pids(primary, database))
+        info = redis_client.Redis(port=redis.port)
+        load = Load(
+            args,
+            data,
+            pg_pids=lambda: backend_pids(primary, database),
+            redis_commands=lambda: info.info("stats")["total_commands_processed"],
+        )
         names = ["floor", *endpoints]
         for round_ in range(args.rounds):
             order = names if round_ % 2 == 0 else names[::-1]
@@ -492,7 +507,8 @@ def main() -> None:
                     f"round {round_ + 1}/{args.rounds} {name:18} {m.rps:7.1f} req/s "
                     f"p50 {m.p50_ms:6.1f} p95 {m.p95_ms:6.1f} p99 {m.p99_ms:6.1f} ms "
                     f"cpu {m.cpu_ms:5.2f} ms/req pg {m.pg_cpu_ms:5.2f} "
-                    f"client {m.client_cores:.2f} cores {m.statuses}",
+                    f"redis {m.redis_commands:4.1f} cmd/req client {m.client_cores:.2f} cores "
+                    f"{m.statuses}",
                     file=sys.stderr,
                 )
         for name in filter(None, args.profile.split(",")):

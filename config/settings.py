@@ -275,16 +275,17 @@ else:
 # --- Audit write path (docs/adr/0007-audit-write-path.md) -------------------------------
 # "stream": a request appends its audit events to a Redis Stream (one XADD, before the
 # response) and `manage.py audit_flush` moves them into PostgreSQL in batches; "sync": one
-# INSERT per call, as on the embedded default. An event inside a transaction always joins
-# it, and a Redis failure falls back to the synchronous INSERT.
-AUDIT_WRITE_PATH = env.str("AUDIT_WRITE_PATH", default="stream" if REDIS_URL else "sync")
+# INSERT per call. An event inside a transaction always joins it, and a Redis failure
+# falls back to the synchronous INSERT. The stream needs a Redis that persists (AOF) and
+# never evicts, which the cache's Redis is not: AUDIT_REDIS_URL names it explicitly (it may
+# be REDIS_URL's server when that one is configured so), and its presence turns the stream
+# on. See docs/operations.md, "Audit log".
+AUDIT_REDIS_URL = env.str("AUDIT_REDIS_URL", default="")
+AUDIT_WRITE_PATH = env.str("AUDIT_WRITE_PATH", default="stream" if AUDIT_REDIS_URL else "sync")
 if AUDIT_WRITE_PATH not in ("sync", "stream"):
     raise ImproperlyConfigured('AUDIT_WRITE_PATH must be "sync" or "stream".')
-# The Redis that holds the stream: its persistence (appendonly, appendfsync) is what makes
-# an appended event durable; see docs/operations.md, "Audit log".
-AUDIT_REDIS_URL = env.str("AUDIT_REDIS_URL", default="") or REDIS_URL
 if AUDIT_WRITE_PATH == "stream" and not AUDIT_REDIS_URL:
-    raise ImproperlyConfigured('AUDIT_WRITE_PATH="stream" needs AUDIT_REDIS_URL or REDIS_URL.')
+    raise ImproperlyConfigured('AUDIT_WRITE_PATH="stream" needs AUDIT_REDIS_URL.')
 AUDIT_STREAM_KEY = env.str("AUDIT_STREAM_KEY", default="medease:audit")
 AUDIT_STREAM_SOCKET_TIMEOUT = _positive_float("AUDIT_STREAM_SOCKET_TIMEOUT", 0.5)
 # The flusher: events per INSERT, how long one read waits for new events, and how long an
@@ -701,10 +702,15 @@ MESSAGING_FANOUT_TIMEOUT_SECONDS = _positive_float("MESSAGING_FANOUT_TIMEOUT_SEC
 # layer ("pubsub"); docs/adr/0005-chat-transport.md has the figures behind the default.
 CHANNEL_LAYER_REDIS_URL = env.str("CHANNEL_LAYER_REDIS_URL", default="") or REDIS_URL
 CHANNEL_LAYER_BACKEND = env.str("CHANNEL_LAYER_BACKEND", default="core")
-# Pending messages one channel may hold (core layer); all sockets of a process share one
-# Redis list, so this bounds a burst per process, not per socket (channels_redis drops
-# silently above it: clients resync with ?after=).
+# Pending events one channel may hold (core layer): all sockets of a process share one
+# Redis queue, and each socket has a local buffer of the same size. Above it events are
+# dropped, never silently: the sockets concerned are closed with 4408 and replay with
+# ?after= (messaging.events.ChatChannelLayer, docs/adr/0005-chat-transport.md).
 CHANNEL_LAYER_CAPACITY = _positive_int("CHANNEL_LAYER_CAPACITY", 1000)
+# Redis connections per process for the layer. The pool waits (up to 10 s) for a free one
+# rather than failing, so a burst of group_discard calls (thousands of sockets closing at
+# once) queues instead of raising MaxConnectionsError.
+CHANNEL_LAYER_MAX_CONNECTIONS = _positive_int("CHANNEL_LAYER_MAX_CONNECTIONS", 100)
 # Read timeout of the layer's Redis connections. It must exceed the 5 s blocking pop
 # (BZPOPMIN) of channels_redis' receive loop: redis-py 8 defaults socket_timeout to 5 s,
 # which tears down every idle consumer every few seconds (django/channels_redis#422).
@@ -734,11 +740,12 @@ if CHANNEL_LAYER_REDIS_URL:
     else:
         CHANNEL_LAYERS = {
             "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "BACKEND": "messaging.events.ChatChannelLayer",
                 "CONFIG": {
                     "hosts": _layer_hosts,
                     "prefix": "medease:asgi",
                     "capacity": CHANNEL_LAYER_CAPACITY,
+                    "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,
                 },
             }
         }

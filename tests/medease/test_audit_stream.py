@@ -5,6 +5,9 @@ The kill test across real processes is tests/medease/test_audit_durability.py.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 
@@ -30,6 +33,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(tra
 def stream(settings):
     """The stream path on a key of this test's own, removed afterwards."""
     settings.AUDIT_WRITE_PATH = "stream"
+    settings.AUDIT_REDIS_URL = settings.REDIS_URL
     settings.AUDIT_STREAM_KEY = f"medease-test:audit:{uuid.uuid4().hex}"
     client = redis.Redis.from_url(settings.AUDIT_REDIS_URL)
     yield client
@@ -185,3 +189,40 @@ def test_the_sync_path_writes_at_once(settings, consultation, patient_client):
     response = patient_client.get(f"/api/v1/consultations/{consultation.pk}")
     assert response.status_code == 200
     assert reads_of(consultation).get().request_id == response["X-Request-ID"]
+
+
+def _settings_in_a_new_process(**env: str) -> subprocess.CompletedProcess:
+    """AUDIT_WRITE_PATH as a fresh process reads it with only ``env``'s AUDIT_* variables."""
+    base = {name: value for name, value in os.environ.items() if not name.startswith("AUDIT_")}
+    code = "import django; django.setup(); from django.conf import settings; "
+    code += "print(settings.AUDIT_WRITE_PATH)"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=settings.BASE_DIR,
+        env={**base, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        # The cache's Redis alone does not turn the stream on: it may evict and forget.
+        ({}, "sync"),
+        ({"AUDIT_REDIS_URL": "redis://127.0.0.1:6379/3"}, "stream"),
+        ({"AUDIT_REDIS_URL": "redis://127.0.0.1:6379/3", "AUDIT_WRITE_PATH": "sync"}, "sync"),
+    ],
+)
+def test_the_write_path_follows_the_audit_redis(env, expected):
+    result = _settings_in_a_new_process(**env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("env", [{"AUDIT_WRITE_PATH": "stream"}, {"AUDIT_WRITE_PATH": "later"}])
+def test_a_bad_write_path_stops_start_up(env):
+    result = _settings_in_a_new_process(**env)
+    assert result.returncode != 0
+    assert "AUDIT_WRITE_PATH" in result.stderr

@@ -34,10 +34,10 @@ class Command(BaseCommand):
             signal.signal(signum, lambda *_: stop.set())
         if not settings.AUDIT_REDIS_URL:
             if once:
-                raise CommandError("No audit stream: set AUDIT_REDIS_URL or REDIS_URL.")
-            # The embedded default writes audit rows synchronously; the process idles so
+                raise CommandError("No audit stream: AUDIT_REDIS_URL is not set.")
+            # Without a stream audit rows are written synchronously; the process idles so
             # that one Procfile serves both setups.
-            self.stdout.write("audit flush: no Redis, audit rows are written synchronously")
+            self.stdout.write("audit flush: no AUDIT_REDIS_URL, rows are written synchronously")
             stop.wait()
             return
         flusher = Flusher(consumer=consumer or default_consumer_name())

@@ -179,6 +179,8 @@ class AutoSchema(openapi.AutoSchema):
         return super().get_tags()
 
     def _map_basic_serializer(self, serializer, direction):
+        # _insert_field_validators is not told the direction: remember it for the fields.
+        self._direction = direction
         # A serializer's ``schema_optional_fields`` are left out for some callers (e.g. the
         # consultation's provider_notes, for clinicians only): present, but not required.
         result = super()._map_basic_serializer(serializer, direction)
@@ -203,8 +205,10 @@ class AutoSchema(openapi.AutoSchema):
 
     def _insert_field_validators(self, field, schema):
         super()._insert_field_validators(field, schema)
+        # Input rules only: answers may quote input (an error message naming a bad value).
         if (
-            isinstance(field, serializers.CharField)
+            getattr(self, "_direction", None) == "request"
+            and isinstance(field, serializers.CharField)
             and not field.read_only
             and schema.get("type") == "string"
             and not {"pattern", "format", "enum"} & set(schema)

@@ -162,3 +162,9 @@ def test_not_blank_is_what_str_strip_says_in_every_regex_dialect():
         value = chr(code)
         assert bool(pattern.match(value)) == bool(value.strip()), hex(code)
     assert not pattern.match("a\x00b")
+
+
+def test_answers_do_not_promise_input_rules(schema):
+    # An error message may quote the bad value it names, NUL and all.
+    items = schema["components"]["schemas"]["ErrorDetailOutput"]["properties"]["fields"]
+    assert "pattern" not in items["additionalProperties"]["items"]

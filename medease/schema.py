@@ -278,8 +278,60 @@ class AutoSchema(openapi.AutoSchema):
         return operation
 
 
+def _health_paths() -> dict:
+    """/health/live and /health/ready (plain Django views, outside DRF's reach)."""
+    live = {
+        "type": "object",
+        "properties": {"status": {"type": "string", "enum": ["ok"]}},
+        "required": ["status"],
+    }
+    ready = {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
+            "checks": {
+                "type": "object",
+                "description": "One entry per dependency (database, each replica, cache, "
+                "channel_layer, broker): its `status`, `latency_ms` and details.",
+                "additionalProperties": {"type": "object"},
+            },
+        },
+        "required": ["status", "checks"],
+    }
+
+    def answer(description: str, schema: dict) -> dict:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    def operation(operation_id: str, summary: str, responses: dict) -> dict:
+        return {
+            "get": {
+                "operationId": operation_id,
+                "summary": summary,
+                "tags": ["health"],
+                "security": [{}],
+                "responses": responses,
+            }
+        }
+
+    return {
+        "/health/live": operation(
+            "health_live", "Liveness", {"200": answer("The process serves requests.", live)}
+        ),
+        "/health/ready": operation(
+            "health_ready",
+            "Readiness: every required dependency answers",
+            {
+                "200": answer("Ready (`ok`, or `degraded`: a replica is down).", ready),
+                "503": answer("A required dependency is down (`unavailable`).", ready),
+            },
+        ),
+    }
+
+
 def postprocess(result, generator, request, public):
-    """SPECTACULAR_SETTINGS POSTPROCESSING_HOOKS: the tag list with descriptions."""
+    """SPECTACULAR_SETTINGS POSTPROCESSING_HOOKS: the health endpoints, and the tag list
+    with descriptions."""
+    result.setdefault("paths", {}).update(_health_paths())
     used = {
         tag
         for item in result.get("paths", {}).values()

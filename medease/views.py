@@ -17,6 +17,7 @@ from medease import health, metrics
 from medease.exceptions import error_response
 
 
+@csrf_exempt  # read-only: another method is a 405 (require_GET), not CSRF's 403
 @never_cache
 @require_GET
 def health_live(request):
@@ -24,6 +25,7 @@ def health_live(request):
     return JsonResponse({"status": "ok"})
 
 
+@csrf_exempt  # read-only: another method is a 405 (require_GET), not CSRF's 403
 @never_cache
 @require_GET
 def health_ready(request):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.test import Client
 from drf_spectacular.generators import SchemaGenerator
 
 from medease.schema import NOT_BLANK, TAGS
@@ -47,6 +48,8 @@ def test_every_operation_has_a_summary_and_one_resource_tag(schema):
 
 def test_error_answers_follow_auth_body_and_path_ids(schema):
     for method, path, operation in operations(schema):
+        if not path.startswith("/api/"):
+            continue  # /health/*: their own shape (test_health_endpoints_are_published)
         responses = operation["responses"]
         public = operation.get("security") == [{}] or not operation.get("security")
         expected = set()
@@ -168,3 +171,21 @@ def test_answers_do_not_promise_input_rules(schema):
     # An error message may quote the bad value it names, NUL and all.
     items = schema["components"]["schemas"]["ErrorDetailOutput"]["properties"]["fields"]
     assert "pattern" not in items["additionalProperties"]["items"]
+
+
+def test_health_endpoints_are_published(schema):
+    ready = schema["paths"]["/health/ready"]["get"]
+    assert ready["tags"] == ["health"] and set(ready["responses"]) == {"200", "503"}
+    live = schema["paths"]["/health/live"]["get"]
+    assert live["responses"]["200"]["content"]["application/json"]["schema"]["required"] == [
+        "status"
+    ]
+
+
+@pytest.mark.parametrize("path", ["/health/live", "/health/ready"])
+@pytest.mark.parametrize("method", ["post", "delete"])
+def test_published_health_paths_answer_405_to_other_methods(path, method):
+    # Not CSRF's 403: the schema lists GET only, so anything else is a 405 with Allow.
+    response = getattr(Client(enforce_csrf_checks=True), method)(path)
+    assert response.status_code == 405
+    assert response["Allow"] == "GET"

@@ -53,6 +53,18 @@ def _own_password_change(site, request, extra_context=None):
 # modules are loaded).
 admin.site.password_change = MethodType(_own_password_change, admin.site)
 
+_site_index = admin.site.index
+
+
+def _index(site, request, extra_context=None):
+    """AdminSite.index, told whether the signed-in user may add an authenticator (the home
+    page then links their two-factor sign-in page)."""
+    context = {"mfa_can_enrol": mfa.mfa_can_enrol(user=request.user), **(extra_context or {})}
+    return _site_index(request, context)
+
+
+admin.site.index = MethodType(_index, admin.site)
+
 
 @admin.register(Organization)
 class OrganizationAdmin(OrganizationScopedAdmin):

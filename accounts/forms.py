@@ -34,8 +34,21 @@ def _attempt_check(request, *, email: str) -> None:
         ) from exc
 
 
+# Shown only after the right password (so it tells nothing about which e-mails exist).
+CONSOLE_IS_FOR_STAFF = (
+    "The console is for clinic staff. Patients and providers sign in to their visits in the app."
+)
+
+
 class ConsoleLoginForm(AdminAuthenticationForm):
     """The console's login, under the API login's failed-password limits (same counters)."""
+
+    def confirm_login_allowed(self, user):
+        # Reached only with the right password: a patient or provider is told where to go
+        # instead of being sent to guess their password again.
+        if user.is_active and not user.is_staff:
+            raise ValidationError(CONSOLE_IS_FOR_STAFF, code="not_staff")
+        super().confirm_login_allowed(user)
 
     def clean(self):
         email = self.cleaned_data.get("username")

@@ -6,11 +6,11 @@ from __future__ import annotations
 from django.contrib import admin
 
 from attachments.models import Attachment
-from medease.admin import VisibleToAdmin
+from medease.admin import ReadOnlyAdmin, VisibleToAdmin
 
 
 @admin.register(Attachment)
-class AttachmentAdmin(VisibleToAdmin):
+class AttachmentAdmin(VisibleToAdmin, ReadOnlyAdmin):
     list_display = [
         "id",
         "filename",
@@ -24,12 +24,3 @@ class AttachmentAdmin(VisibleToAdmin):
     search_fields = ["filename"]
     list_select_related = ["organization"]
     readonly_fields = [field.name for field in Attachment._meta.fields]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

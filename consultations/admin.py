@@ -35,12 +35,12 @@ from consultations.models import (
 )
 from consultations.selectors.availability import availability_conflicts
 from consultations.slotting import DayException, Window
-from medease.admin import VisibleToAdmin
+from medease.admin import ClinicTimeAdmin, VisibleToAdmin, console_zone, local_time, render_in
 from medease.exceptions import ApplicationError
 
 
 def _viewer_tz(request) -> ZoneInfo:
-    return ZoneInfo(getattr(request.user, "timezone", None) or "UTC")
+    return console_zone(request.user)
 
 
 def _audit_changelist(request, response) -> None:
@@ -52,28 +52,31 @@ def _audit_changelist(request, response) -> None:
         audit_objects(request=request, action=AuditAction.READ, objects=cl.result_list)
 
 
-class AuditedReadAdmin(VisibleToAdmin):
-    """A console model of patient data: its list and its object pages are audited reads."""
+def _patient_link(model_admin, obj):
+    # Patients have no user page for staff (the user admin is the clinic's members): the
+    # front desk's patient page is where the clinic sees one.
+    return format_html(
+        '<a href="{}">{}</a>',
+        reverse("frontdesk:patient", args=[obj.patient_id]),
+        obj.patient.full_name,
+    )
+
+
+class AuditedReadAdmin(ClinicTimeAdmin, VisibleToAdmin):
+    """A console model of patient data: its list and its object pages are audited reads,
+    shown in the clinic's time zone."""
 
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)
         _audit_changelist(request, response)
-        return _render_in(_viewer_tz(request), response)
+        return response
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         response = super().change_view(request, object_id, form_url, extra_context)
         obj = self.get_object(request, object_id)
         if obj is not None and response.status_code == 200:
             audit_objects(request=request, action=AuditAction.READ, objects=[obj])
-        return _render_in(_viewer_tz(request), response)
-
-
-def _render_in(tz: ZoneInfo, response):
-    """Render a lazy TemplateResponse while ``tz`` is active (dates in the viewer's zone)."""
-    with timezone.override(tz):
-        if hasattr(response, "render") and not getattr(response, "is_rendered", True):
-            response.render()
-    return response
+        return response
 
 
 # --- Availability inlines on the provider's page ------------------------------------------------
@@ -276,14 +279,19 @@ class ProviderFilter(admin.SimpleListFilter):
 class ConsultationAdmin(AuditedReadAdmin):
     list_display = [
         "id",
-        "scheduled_start",
+        "when",
         "patient_name",
         "provider_name",
         "status",
         "kind",
     ]
     list_filter = ["status", ProviderFilter, ("scheduled_start", admin.DateFieldListFilter), "kind"]
-    search_fields = ["patient__full_name", "patient__email"]
+    search_fields = [
+        "patient__full_name",
+        "patient__email",
+        "provider__full_name",
+        "provider__email",
+    ]
     list_select_related = ["patient", "provider", "organization"]
     ordering = ["-scheduled_start", "-id"]
     date_hierarchy = "scheduled_start"
@@ -295,7 +303,7 @@ class ConsultationAdmin(AuditedReadAdmin):
         "patient_link",
         "provider",
         "organization",
-        "slot",
+        "slot_time",
         "scheduled_start",
         "scheduled_end",
         "reason",
@@ -311,6 +319,10 @@ class ConsultationAdmin(AuditedReadAdmin):
     ]
     readonly_fields = fields
 
+    @admin.display(description="starts", ordering="scheduled_start")
+    def when(self, obj):
+        return local_time(obj.scheduled_start)
+
     @admin.display(description="patient", ordering="patient__full_name")
     def patient_name(self, obj):
         return obj.patient.full_name
@@ -319,15 +331,14 @@ class ConsultationAdmin(AuditedReadAdmin):
     def provider_name(self, obj):
         return obj.provider.full_name
 
-    @admin.display(description="patient")
-    def patient_link(self, obj):
-        # Patients have no user page for staff (the user admin is the clinic's members): the
-        # front desk's patient page is where the clinic sees one.
-        return format_html(
-            '<a href="{}">{}</a>',
-            reverse("frontdesk:patient", args=[obj.patient_id]),
-            obj.patient.full_name,
-        )
+    @admin.display(description="slot")
+    def slot_time(self, obj):
+        # The slot's own str() is in UTC; the page reads in the clinic's zone.
+        if obj.slot_id is None:
+            return "-"
+        return f"#{obj.slot_id} at {local_time(obj.slot.start)}"
+
+    patient_link = admin.display(description="patient")(_patient_link)
 
     def has_add_permission(self, request):
         return False  # bookings are made through the API (or its services)
@@ -335,9 +346,12 @@ class ConsultationAdmin(AuditedReadAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # consultations are cancelled, never deleted
 
-    def save_model(self, request, obj, form, change):
-        # Every field is read-only; status changes only through the actions (services).
-        return None
+    def has_change_permission(self, request, obj=None):
+        # The list's actions (cancel, no-show) need "change"; the page itself is read-only
+        # ("View consultation", no Save buttons): status changes only through the services.
+        if obj is not None:
+            return False
+        return super().has_change_permission(request)
 
     def changelist_view(self, request, extra_context=None):
         extra_context = {**(extra_context or {}), "today_url": reverse("admin:consultations_today")}
@@ -441,18 +455,53 @@ class ConsultationAdmin(AuditedReadAdmin):
             "timezone_name": str(tz),
         }
         response = TemplateResponse(request, "admin/consultations/today_board.html", context)
-        return _render_in(tz, response)
+        return render_in(tz, response)
 
 
 @admin.register(QueueEntry)
 class QueueEntryAdmin(AuditedReadAdmin):
     """Read-only view of walk-in queues (patients join and leave through the API)."""
 
-    list_display = ["id", "provider", "patient", "status", "joined_at", "called_at"]
+    # Compact for a 1366 px laptop: one time column (with its zone), names not e-mails.
+    list_display = ["id", "joined", "patient_name", "provider_name", "status"]
     list_filter = ["status", ProviderFilter]
     list_select_related = ["provider", "patient"]
-    search_fields = ["patient__full_name", "patient__email"]
+    search_fields = [
+        "patient__full_name",
+        "patient__email",
+        "provider__full_name",
+        "provider__email",
+    ]
     ordering = ["-joined_at", "-id"]
+    fields = [
+        "status",
+        "patient_link",
+        "provider",
+        "organization",
+        "reason",
+        "joined_at",
+        "called_at",
+        "left_at",
+        "expired_at",
+        "removal_reason",
+        "removed_by",
+        "consultation",
+    ]
+    readonly_fields = fields
+
+    patient_link = admin.display(description="patient")(_patient_link)
+
+    @admin.display(description="joined", ordering="joined_at")
+    def joined(self, obj):
+        return local_time(obj.joined_at)
+
+    @admin.display(description="patient", ordering="patient__full_name")
+    def patient_name(self, obj):
+        return obj.patient.full_name
+
+    @admin.display(description="provider", ordering="provider__full_name")
+    def provider_name(self, obj):
+        return obj.provider.full_name
 
     def has_add_permission(self, request):
         return False
@@ -474,8 +523,9 @@ class MedicalRecordEntryAdmin(AuditedReadAdmin):
     list_select_related = ["patient", "author"]
     search_fields = ["patient__full_name", "patient__email"]
     ordering = ["-id"]
-    fields = ["patient", "kind", "text", "author", "consultation", "supersedes", "created_at"]
+    fields = ["patient_link", "kind", "text", "author", "consultation", "supersedes", "created_at"]
     readonly_fields = fields
+    patient_link = admin.display(description="patient")(_patient_link)
 
     def has_add_permission(self, request):
         return False  # entries are written through the API (medical_record_add)

@@ -1,11 +1,106 @@
-"""Admin helpers (scoping by organization or by the model's visibility policy) and the audit
-log's console page."""
+"""Admin helpers (scoping by organization or by the model's visibility policy, read-only pages
+in the clinic's time zone) and the audit log's console page."""
 
 from __future__ import annotations
 
+import zoneinfo
+from datetime import datetime
+
 from django.contrib import admin
+from django.utils import timezone
 
 from medease.models import AuditEvent
+
+
+def console_zone(user) -> zoneinfo.ZoneInfo:
+    """The zone a console user reads times in: their clinic's (the desk's day), else their own
+    (a superuser without a clinic); UTC for a name that is no zone."""
+    organization = getattr(user, "organization", None)
+    name = organization.timezone if organization is not None else getattr(user, "timezone", "")
+    try:
+        return zoneinfo.ZoneInfo(name or "UTC")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo("UTC")
+
+
+def zone_label(tz: zoneinfo.ZoneInfo, at: datetime | None = None) -> str:
+    """``America/New_York (EST)``: the zone's name and its abbreviation at ``at`` (now)."""
+    abbreviation = (at or timezone.now()).astimezone(tz).tzname()
+    return str(tz) if abbreviation in (None, str(tz)) else f"{tz} ({abbreviation})"
+
+
+def local_time(value: datetime | None, tz: zoneinfo.ZoneInfo | None = None) -> str:
+    """A time as the console lists it, with its zone's abbreviation: ``25 Nov 2026 09:30 EST``."""
+    if value is None:
+        return "-"
+    local = value.astimezone(tz or timezone.get_current_timezone())
+    return f"{local:%d %b %Y %H:%M} {local.tzname()}"
+
+
+def render_in(tz: zoneinfo.ZoneInfo, response):
+    """Render a lazy TemplateResponse while ``tz`` is active (dates in that zone)."""
+    with timezone.override(tz):
+        if hasattr(response, "render") and not getattr(response, "is_rendered", True):
+            response.render()
+    return response
+
+
+class ClinicTimeAdmin(admin.ModelAdmin):
+    """List and object pages in the clinic's zone (``console_zone``), the zone named on the
+    page, and a plain title where the rows are read-only ("Consultations", not "Select
+    consultation to change"): the page is built and rendered with the zone active, so the
+    date filters' "today" is the clinic's too."""
+
+    def _zone_context(self, request, extra_context, title: str | None = None) -> dict:
+        tz = console_zone(request.user)
+        context = {"console_zone": zone_label(tz), **(extra_context or {})}
+        if title is not None:
+            context.setdefault("title", title)
+        return context
+
+    def _list_is_read_only(self, request) -> bool:
+        # Actions may need "change" (consultations' cancel); no list edits, no add.
+        return not self.list_editable and not self.has_add_permission(request)
+
+    def changelist_view(self, request, extra_context=None):
+        tz = console_zone(request.user)
+        title = None
+        if self._list_is_read_only(request):
+            title = str(self.model._meta.verbose_name_plural).capitalize()
+        with timezone.override(tz):
+            response = super().changelist_view(
+                request, self._zone_context(request, extra_context, title)
+            )
+        return render_in(tz, response)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        tz = console_zone(request.user)
+        with timezone.override(tz):
+            response = super().change_view(
+                request, object_id, form_url, self._zone_context(request, extra_context)
+            )
+        return render_in(tz, response)
+
+    def history_view(self, request, object_id, extra_context=None):
+        tz = console_zone(request.user)
+        with timezone.override(tz):
+            response = super().history_view(
+                request, object_id, self._zone_context(request, extra_context)
+            )
+        return render_in(tz, response)
+
+
+class ReadOnlyAdmin(ClinicTimeAdmin):
+    """A console model nobody edits here: "View …" pages without Save buttons."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 class OrganizationScopedAdmin(admin.ModelAdmin):
@@ -33,7 +128,7 @@ class VisibleToAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(OrganizationScopedAdmin):
+class AuditEventAdmin(OrganizationScopedAdmin, ReadOnlyAdmin):
     """The PHI audit log: read-only, each clinic's staff see their clinic's events."""
 
     list_display = [
@@ -76,12 +171,3 @@ class AuditEventAdmin(OrganizationScopedAdmin):
             # Events without a clinic (a patient reading their own data) are not for staff.
             return queryset.none()
         return queryset
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

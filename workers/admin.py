@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
+from medease.admin import ClinicTimeAdmin
 from workers import services
 from workers.models import Notification, NotificationPreference, NotificationStatus
 
 
 @admin.register(Notification)
-class NotificationAdmin(admin.ModelAdmin):
+class NotificationAdmin(ClinicTimeAdmin):
     list_display = [
         "id",
         "user",

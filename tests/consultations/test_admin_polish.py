@@ -215,3 +215,17 @@ def test_the_queue_entry_page_says_who_removed_it_and_why(staff, patient, provid
     assert staff.full_name in html or staff.email in html
     # The patient links to the front desk's patient page (patients have no user page here).
     assert f'href="/admin/desk/patients/{patient.pk}/"' in html
+
+
+def test_the_audit_log_lists_when_in_the_clinics_zone_and_finds_people_by_name(
+    staff, patient, visit, organization
+):
+    client = _console(staff)
+    client.get(f"{CONSULTATIONS}{visit.pk}/change/")
+    event = AuditEvent.objects.filter(user=staff, object_id=str(visit.pk)).latest("id")
+    local = event.created_at.astimezone(ZoneInfo(organization.timezone))
+    listing = client.get("/admin/medease/auditevent/", {"q": patient.full_name})
+    assert event in listing.context["cl"].result_list
+    html = listing.content.decode()
+    assert f"{local:%d %b %Y %H:%M} {local.tzname()}" in html
+    assert staff.full_name in html

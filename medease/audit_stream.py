@@ -22,7 +22,7 @@ from datetime import datetime
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import DataError, IntegrityError, close_old_connections, transaction
 
 from medease.cache import CircuitBreakerRedis
 from medease.models import AuditEvent
@@ -92,6 +92,12 @@ def default_consumer_name() -> str:
     return os.environ.get("AUDIT_FLUSH_CONSUMER") or socket.gethostname()
 
 
+def _insert(events: list[AuditEvent]) -> int:
+    with transaction.atomic():
+        AuditEvent.objects.bulk_create(events, ignore_conflicts=True)
+    return len(events)
+
+
 class Flusher:
     """Moves stream entries into PostgreSQL: read, INSERT (idempotent), then XACK + XDEL."""
 
@@ -147,27 +153,38 @@ class Flusher:
         return new[0][1] if new else []
 
     def _write(self, entries: list[tuple[bytes, dict | None]]) -> int:
-        events, bad = [], []
+        decoded, bad = [], []
         for entry_id, fields in entries:
             if fields is None:  # deleted after it was read: its events are in already
                 continue
             try:
-                events.extend(event_decode(item) for item in json.loads(fields[FIELD.encode()]))
+                items = json.loads(fields[FIELD.encode()])
+                decoded.append((entry_id, fields, [event_decode(item) for item in items]))
             except (TypeError, KeyError, ValueError) as exc:
                 logger.error("audit stream entry %r unreadable, set aside: %s", entry_id, exc)
-                bad.append((entry_id, fields))
+                bad.append(fields)
         close_old_connections()  # a connection broken by a database outage is replaced
-        with transaction.atomic():
-            AuditEvent.objects.bulk_create(events, ignore_conflicts=True)
+        try:
+            written = _insert([event for _id, _fields, events in decoded for event in events])
+        except (DataError, IntegrityError):
+            # One event the table refuses (too long, a missing column) must not hold up
+            # the stream: write entry by entry and set aside the ones refused.
+            written = 0
+            for entry_id, fields, events in decoded:
+                try:
+                    written += _insert(events)
+                except (DataError, IntegrityError) as exc:
+                    logger.error("audit stream entry %r refused, set aside: %s", entry_id, exc)
+                    bad.append(fields)
         ids = [entry_id for entry_id, _fields in entries]
         pipe = self.client.pipeline(transaction=True)
-        for _entry_id, fields in bad:
+        for fields in bad:
             # Kept for a person to read rather than retried for ever or dropped.
             pipe.xadd(f"{self.key}:unreadable", fields or {"missing": "1"})
         pipe.xack(self.key, GROUP, *ids)
         pipe.xdel(self.key, *ids)
         pipe.execute()
-        return len(events)
+        return written
 
     def flush_once(self, *, block: bool = True) -> tuple[int, int]:
         """Read one batch and write it; returns (entries, events) handled."""

@@ -226,3 +226,19 @@ def test_a_bad_write_path_stops_start_up(env):
     result = _settings_in_a_new_process(**env)
     assert result.returncode != 0
     assert "AUDIT_WRITE_PATH" in result.stderr
+
+
+def test_an_event_the_table_refuses_is_set_aside_and_the_rest_written(
+    stream, consultation, patient_client
+):
+    key = settings.AUDIT_STREAM_KEY
+    refused = audit_stream.event_encode(
+        AuditEvent(action="read", object_type="consultation", object_id="x" * 65)
+    )
+    stream.xadd(key, {audit_stream.FIELD: audit_stream.json.dumps([refused])})
+    assert patient_client.get(f"/api/v1/consultations/{consultation.pk}").status_code == 200
+    assert Flusher(consumer="one").drain() == 1
+    assert reads_of(consultation).count() == 1
+    assert stream.xlen(key) == 0
+    [(_id, fields)] = stream.xrange(f"{key}:unreadable")
+    assert audit_stream.json.loads(fields[audit_stream.FIELD.encode()]) == [refused]

@@ -1,4 +1,4 @@
-"""Clinic-core routes under /api/v1/ (DESIGN.md, "API contract")."""
+"""Clinic-core routes under /api/v1/ (docs/api.md)."""
 
 from django.urls import path
 

@@ -1,4 +1,4 @@
-"""Websocket routes (DESIGN.md, "Websocket contract")."""
+"""Websocket routes (docs/api.md, "Websocket")."""
 
 from django.urls import path
 

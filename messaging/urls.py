@@ -1,4 +1,4 @@
-"""Chat routes under /api/v1/ (DESIGN.md, "API contract"); websockets are in routing.py."""
+"""Chat routes under /api/v1/ (docs/api.md); websockets are in routing.py."""
 
 from django.urls import path
 

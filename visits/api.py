@@ -1,4 +1,4 @@
-"""Video visit API: join, leave and read the call of a consultation (DESIGN.md, "Video
+"""Video visit API: join, leave and read the call of a consultation (docs/api.md, "Video
 visits"). Thin: find through scoped selectors, call one service, audit, answer."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Video visits: the call of a consultation and who was in it when (DESIGN.md, "Video visits").
+"""Video visits: the call of a consultation and who was in it when (docs/api.md, "Video visits").
 
 Media never touches MedEase; these rows are the call's state, which the signaling relay and
 the consultation's facts (``consultations.lifecycle.FACTS``) are decided from.

@@ -35,7 +35,14 @@ from consultations.models import (
 )
 from consultations.selectors.availability import availability_conflicts
 from consultations.slotting import DayException, Window
-from medease.admin import ClinicTimeAdmin, VisibleToAdmin, console_zone, local_time, render_in
+from medease.admin import (
+    ClinicTimeAdmin,
+    VisibleToAdmin,
+    console_zone,
+    local_time,
+    local_time_field,
+    render_in,
+)
 from medease.exceptions import ApplicationError
 
 
@@ -304,20 +311,30 @@ class ConsultationAdmin(AuditedReadAdmin):
         "provider",
         "organization",
         "slot_time",
-        "scheduled_start",
-        "scheduled_end",
+        "scheduled_start_local",
+        "scheduled_end_local",
         "reason",
         "provider_notes",
-        "created_at",
-        "started_at",
-        "completed_at",
-        "cancelled_at",
+        "created_at_local",
+        "checked_in_at_local",
+        "started_at_local",
+        "completed_at_local",
+        "cancelled_at_local",
         "cancelled_by",
         "cancellation_reason",
-        "no_show_at",
+        "no_show_at_local",
         "rescheduled_from",
     ]
     readonly_fields = fields
+    # Each time with its zone's abbreviation (Django's own rendering shows no zone).
+    scheduled_start_local = local_time_field("scheduled_start", "scheduled start")
+    scheduled_end_local = local_time_field("scheduled_end", "scheduled end")
+    created_at_local = local_time_field("created_at", "booked at")
+    checked_in_at_local = local_time_field("checked_in_at", "arrived at")
+    started_at_local = local_time_field("started_at", "started at")
+    completed_at_local = local_time_field("completed_at", "completed at")
+    cancelled_at_local = local_time_field("cancelled_at", "cancelled at")
+    no_show_at_local = local_time_field("no_show_at", "no-show at")
 
     @admin.display(description="starts", ordering="scheduled_start")
     def when(self, obj):
@@ -352,6 +369,10 @@ class ConsultationAdmin(AuditedReadAdmin):
         if obj is not None:
             return False
         return super().has_change_permission(request)
+
+    def get_model_perms(self, request):
+        # The console's home offers "View", as for the other read-only models.
+        return {**super().get_model_perms(request), "change": False}
 
     def changelist_view(self, request, extra_context=None):
         extra_context = {**(extra_context or {}), "today_url": reverse("admin:consultations_today")}
@@ -479,15 +500,19 @@ class QueueEntryAdmin(AuditedReadAdmin):
         "provider",
         "organization",
         "reason",
-        "joined_at",
-        "called_at",
-        "left_at",
-        "expired_at",
+        "joined_at_local",
+        "called_at_local",
+        "left_at_local",
+        "expired_at_local",
         "removal_reason",
         "removed_by",
         "consultation",
     ]
     readonly_fields = fields
+    joined_at_local = local_time_field("joined_at", "joined at")
+    called_at_local = local_time_field("called_at", "called at")
+    left_at_local = local_time_field("left_at", "left at")
+    expired_at_local = local_time_field("expired_at", "expired at")
 
     patient_link = admin.display(description="patient")(_patient_link)
 
@@ -523,8 +548,17 @@ class MedicalRecordEntryAdmin(AuditedReadAdmin):
     list_select_related = ["patient", "author"]
     search_fields = ["patient__full_name", "patient__email"]
     ordering = ["-id"]
-    fields = ["patient_link", "kind", "text", "author", "consultation", "supersedes", "created_at"]
+    fields = [
+        "patient_link",
+        "kind",
+        "text",
+        "author",
+        "consultation",
+        "supersedes",
+        "created_at_local",
+    ]
     readonly_fields = fields
+    created_at_local = local_time_field("created_at", "written at")
     patient_link = admin.display(description="patient")(_patient_link)
 
     def has_add_permission(self, request):

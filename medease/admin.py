@@ -37,6 +37,17 @@ def local_time(value: datetime | None, tz: zoneinfo.ZoneInfo | None = None) -> s
     return f"{local:%d %b %Y %H:%M} {local.tzname()}"
 
 
+def local_time_field(name: str, description: str):
+    """A read-only page's line for the datetime field ``name``, with its zone's abbreviation."""
+
+    @admin.display(description=description, ordering=name)
+    def show(model_admin, obj) -> str:
+        return local_time(getattr(obj, name))
+
+    show.__name__ = f"{name}_local"
+    return show
+
+
 def render_in(tz: zoneinfo.ZoneInfo, response):
     """Render a lazy TemplateResponse while ``tz`` is active (dates in that zone)."""
     with timezone.override(tz):

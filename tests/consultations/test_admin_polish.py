@@ -138,9 +138,11 @@ def test_consultation_times_are_in_the_clinics_zone_with_the_zone_shown(staff, v
 
     page = client.get(f"{CONSULTATIONS}{visit.pk}/change/").content.decode()
     assert 'id="console-zone"' in page and "America/New_York" in page
-    # Django's own rendering of the readonly start ("9 a.m." style): the clinic's hour, not UTC.
-    assert f"at {local:%d %b %Y %H:%M} {abbreviation}" in page  # the slot line
+    # The slot line and the start: the clinic's hour with its abbreviation, not UTC.
+    assert f"at {local:%d %b %Y %H:%M} {abbreviation}" in page
+    assert page.count(f"{local:%d %b %Y %H:%M} {abbreviation}") >= 2
     assert f"{utc:%d %b %Y %H:%M} UTC" not in page
+    assert f"{utc:%H:%M}Z" not in page  # the slot's own str() is in UTC
 
 
 def test_the_date_filters_today_is_the_clinics(staff, organization):
@@ -202,8 +204,12 @@ def test_staff_still_sign_in(staff, client):
 
 
 def test_the_home_page_links_two_factor_sign_in_for_clinicians(staff):
-    html = _console(staff).get("/admin/").content.decode()
+    home = _console(staff).get("/admin/")
+    html = home.content.decode()
     assert 'id="mfa-link"' in html and 'href="/admin/accounts/user/mfa/"' in html
+    # Read-only models are offered as "View" (consultations too, though their list acts).
+    models = {m["object_name"]: m for app in home.context["app_list"] for m in app["models"]}
+    assert models["Consultation"]["view_only"]
 
 
 def test_the_queue_entry_page_says_who_removed_it_and_why(staff, patient, provider):

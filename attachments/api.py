@@ -11,8 +11,8 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from attachments import selectors, services
-from attachments.models import Attachment, AttachmentStatus
+from attachments import output, selectors, services
+from attachments.models import Attachment
 from attachments.serializers import AttachmentCreatedOutput, AttachmentCreateInput, AttachmentOutput
 from attachments.storage import get_store
 from consultations import selectors as consultation_selectors
@@ -27,40 +27,15 @@ def _no_store(response: Response) -> Response:
 
 def attachment_body(request, attachment: Attachment) -> dict:
     """The attachment with fresh signed URLs, each one audited (one INSERT)."""
-    context: dict = {}
-    audited = []
-    # Images are downloadable once the worker removed their metadata.
-    downloadable = attachment.status == AttachmentStatus.READY and (
-        not attachment.is_image or attachment.processed_at is not None
-    )
-    if downloadable:
-        store = get_store()
-        context["download_url"] = request.build_absolute_uri(
-            store.download_url(
-                key=attachment.storage_key,
-                filename=attachment.filename,
-                content_type=attachment.content_type,
-            )
-        )
-        audited.append(str(attachment.pk))
-        if attachment.thumbnail_key:
-            context["thumbnail_url"] = request.build_absolute_uri(
-                store.download_url(
-                    key=attachment.thumbnail_key,
-                    filename=f"thumbnail-{attachment.pk}.jpg",
-                    content_type="image/jpeg",
-                )
-            )
-            audited.append(f"{attachment.pk}/thumbnail")
+    audit_rows: list[output.TypedAuditRow] = []
+    body = output.signed_body(request, attachment, audit_rows)
     audit_log_rows(
         request=request,
         action=AuditAction.READ,
-        object_type="attachment",
-        rows=[
-            (object_id, attachment.patient_id, attachment.organization_id) for object_id in audited
-        ],
+        object_type=output.AUDIT_TYPE,
+        rows=[(object_id, patient_id, org_id) for _, object_id, patient_id, org_id in audit_rows],
     )
-    return AttachmentOutput(attachment, context=context).data
+    return body
 
 
 class ConsultationAttachmentsApi(APIView):

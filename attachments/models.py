@@ -8,7 +8,10 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils.timezone import now
 
 from accounts.models import Role
-from consultations.models import Consultation
+from consultations.models import Consultation, MedicalRecordEntry
+
+# How many files one message or record entry may carry.
+MAX_ATTACHMENTS_PER_ITEM = 10
 
 
 class AttachmentStatus(models.TextChoices):
@@ -71,6 +74,21 @@ class Attachment(models.Model):
     thumbnail_key = models.CharField(max_length=200, blank=True)
     # Images: set once the worker stored the metadata-stripped copy and the thumbnail.
     processed_at = models.DateTimeField(null=True, blank=True)
+    # What the attachment was sent with; each attachment is linked once, to one message or
+    # one record entry (null: not linked yet).
+    # Plain columns, no foreign key: ``messaging.Message`` is range-partitioned by month on
+    # PostgreSQL with the primary key (id, created_at), so a key would need both columns and
+    # a composite foreign key Django cannot model; and attachments sits below messaging, so
+    # it may not name its model. created_at lets a lookup of the message prune partitions.
+    message_id = models.BigIntegerField(null=True, blank=True)
+    message_created_at = models.DateTimeField(null=True, blank=True)
+    record_entry = models.ForeignKey(
+        MedicalRecordEntry,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="attachments",
+    )
     created_at = models.DateTimeField(default=now, editable=False)
     completed_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
@@ -80,12 +98,22 @@ class Attachment(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [
-            models.CheckConstraint(condition=Q(size__gte=0), name="attachments_size_not_negative")
+            models.CheckConstraint(condition=Q(size__gte=0), name="attachments_size_not_negative"),
+            models.CheckConstraint(
+                condition=Q(message_id__isnull=True) | Q(record_entry__isnull=True),
+                name="attachments_linked_once",
+            ),
         ]
         indexes = [
             models.Index(fields=["organization", "status"], name="attach_org_status_idx"),
             models.Index(fields=["status", "created_at"], name="attach_status_created_idx"),
             models.Index(fields=["consultation", "-id"], name="attach_consultation_idx"),
+            # History pages fetch their messages' attachments by message id.
+            models.Index(
+                fields=["message_id"],
+                condition=Q(message_id__isnull=False),
+                name="attach_message_idx",
+            ),
         ]
 
     def __str__(self) -> str:

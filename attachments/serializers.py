@@ -59,3 +59,12 @@ class AttachmentOutput(serializers.ModelSerializer):
 
     def get_thumbnail_url(self, obj: Attachment) -> str | None:
         return self.context.get("thumbnail_url")
+
+
+class AttachmentMetadataOutput(serializers.ModelSerializer):
+    """What websocket events carry: no signed URLs (they expire within minutes; clients ask
+    ``GET attachments/{id}`` when the person opens the file)."""
+
+    class Meta:
+        model = Attachment
+        fields = ["id", "filename", "content_type", "size", "status", "created_at"]

@@ -14,12 +14,12 @@ import filetype
 from celery import signature
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from accounts.models import Organization, User
-from attachments.models import Attachment, AttachmentStatus
+from attachments.models import MAX_ATTACHMENTS_PER_ITEM, Attachment, AttachmentStatus
 from attachments.storage import get_store, store_errors
 from consultations import lifecycle
 from consultations.models import Consultation
@@ -297,3 +297,89 @@ def attachments_forget_deleted_patients(*, batch: int = 500) -> int:
             filename=f"attachment-{attachment.pk}{suffix}"
         )
     return renamed
+
+
+# --- Linking to a message or a record entry -----------------------------------------------
+
+
+def _clean_ids(attachment_ids) -> list[int]:
+    """The requested ids, each once, in order (the API bounded their type and count)."""
+    seen: dict[int, None] = {}
+    for attachment_id in attachment_ids or ():
+        seen.setdefault(int(attachment_id), None)
+    if len(seen) > MAX_ATTACHMENTS_PER_ITEM:
+        raise InvalidInput(
+            f"At most {MAX_ATTACHMENTS_PER_ITEM} files per message or entry.",
+            fields={"attachments": [f"At most {MAX_ATTACHMENTS_PER_ITEM} items."]},
+        )
+    return list(seen)
+
+
+def _claim(*, uploader: User, ids: list[int], scope: Q, where: str, **link) -> list[Attachment]:
+    """Lock the uploader's attachments ``ids`` and link them (``link``), or raise a 400
+    naming each one that cannot be linked. Runs in the caller's transaction.
+
+    Someone else's attachment, a deleted one, or one outside ``scope`` reads as unknown:
+    the answer never tells whether another user's id exists.
+    """
+    rows = {
+        attachment.pk: attachment
+        for attachment in Attachment.objects.select_for_update()
+        .filter(pk__in=ids, uploader_id=uploader.pk, deleted_at__isnull=True)
+        .filter(scope)
+        .order_by("pk")  # one lock order for concurrent sends
+    }
+    problems = []
+    for attachment_id in ids:
+        attachment = rows.get(attachment_id)
+        if attachment is None:
+            problems.append(f"Attachment {attachment_id}: no such file of yours {where}.")
+        elif attachment.status != AttachmentStatus.READY:
+            problems.append(f"Attachment {attachment_id} is not ready: complete its upload first.")
+        elif attachment.message_id is not None or attachment.record_entry_id is not None:
+            problems.append(
+                f"Attachment {attachment_id} is already attached to another message or entry."
+            )
+    if problems:
+        raise InvalidInput("Some attachments cannot be attached.", fields={"attachments": problems})
+    Attachment.objects.filter(pk__in=ids).update(**link)
+    # In upload order, as every answer lists them (attachments_of_messages and the like).
+    linked = [rows[attachment_id] for attachment_id in sorted(ids)]
+    for attachment in linked:
+        for field, value in link.items():
+            setattr(attachment, field, value)
+    return linked
+
+
+def attachments_link_to_message(
+    *, uploader: User, consultation_id: int, message_id: int, message_created_at, attachment_ids
+) -> list[Attachment]:
+    """Attach the sender's own ready, unlinked files of this consultation to a message (in
+    the send's transaction); returns them in upload (id) order."""
+    ids = _clean_ids(attachment_ids)
+    if not ids:
+        return []
+    return _claim(
+        uploader=uploader,
+        ids=ids,
+        scope=Q(consultation_id=consultation_id),
+        where="in this consultation",
+        message_id=message_id,
+        message_created_at=message_created_at,
+    )
+
+
+def attachments_link_to_record(*, author: User, entry, attachment_ids) -> list[Attachment]:
+    """Attach the author's own ready, unlinked files of the entry's patient, held by the
+    entry's clinic, to a record entry (in the entry's transaction). Registered with
+    ``consultations.services.records`` by the app's ``ready``."""
+    ids = _clean_ids(attachment_ids)
+    if not ids:
+        return []
+    return _claim(
+        uploader=author,
+        ids=ids,
+        scope=Q(patient_id=entry.patient_id, organization_id=entry.organization_id),
+        where="for this patient",
+        record_entry=entry,
+    )

@@ -170,12 +170,26 @@ class QueueEntryOutput(serializers.ModelSerializer):
         return estimate(position)
 
 
+# The attachments app fills these in (consultations.services.records.RecordAttachments);
+# described here without importing it.
+ATTACHMENT_LIST_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "description": "The attachment as `GET attachments/{id}` answers it, with "
+        "short-lived `download_url` and `thumbnail_url`.",
+    },
+}
+
+
 class RecordEntryOutput(serializers.ModelSerializer):
-    """A medical record entry; ``superseded_by`` is the id of its correction, if any."""
+    """A medical record entry; ``superseded_by`` is the id of its correction, if any;
+    ``attachments`` come from the context (``{entry id: [attachment]}``)."""
 
     author_name = serializers.CharField(source="author.full_name")
     kind = RecordKindField()
     superseded_by = serializers.SerializerMethodField()
+    attachments = serializers.SerializerMethodField()
 
     class Meta:
         model = MedicalRecordEntry
@@ -190,6 +204,7 @@ class RecordEntryOutput(serializers.ModelSerializer):
             "text",
             "supersedes",
             "superseded_by",
+            "attachments",
             "created_at",
         ]
         read_only_fields = fields
@@ -197,6 +212,10 @@ class RecordEntryOutput(serializers.ModelSerializer):
     def get_superseded_by(self, obj: MedicalRecordEntry) -> int | None:
         correction = getattr(obj, "superseded_by", None)
         return correction.pk if correction is not None else None
+
+    @extend_schema_field(ATTACHMENT_LIST_SCHEMA)
+    def get_attachments(self, obj: MedicalRecordEntry) -> list[dict]:
+        return self.context.get("attachments", {}).get(obj.pk, [])
 
 
 class WindowIO(serializers.Serializer):
@@ -275,6 +294,14 @@ class RecordInput(serializers.Serializer):
     text = serializers.CharField(max_length=20000)
     consultation = serializers.IntegerField(min_value=1, required=False, allow_null=True)
     supersedes = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    # Count and ownership are checked by the attachments app; this only bounds the input.
+    attachments = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
+        required=False,
+        default=list,
+        max_length=100,
+        help_text="Ids of your own ready attachments of this patient (at most 10).",
+    )
 
 
 class RecordListInput(serializers.Serializer):

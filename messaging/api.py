@@ -7,19 +7,23 @@ else's consultation is 404), call one service or selector, serialize, audit PHI 
 from __future__ import annotations
 
 from django.conf import settings
+from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 from rest_framework.views import APIView
 
+from attachments import selectors as attachment_selectors
+from consultations.audit import AuditAction, audit_typed_rows
 from consultations.selectors import consultation_get_for_user
 from medease import db as db_routing
 from medease import ratelimit
 from medease.pagination import MAX_PAGE_SIZE
 from medease.schema import error
 from messaging import selectors, services
-from messaging.audit import audit_chat_read, audit_message_created
+from messaging.audit import audit_message_created
+from messaging.selectors import HISTORY_AUDIT_TYPE
 from messaging.serializers import (
     HistoryInput,
     HistoryOutput,
@@ -28,7 +32,14 @@ from messaging.serializers import (
     MessageSendRequest,
     ReadInput,
     TicketOutput,
+    messages_with_urls,
 )
+
+
+def _no_store(response: Response) -> Response:
+    # Messages may carry signed download URLs: no cache may keep them.
+    add_never_cache_headers(response)
+    return response
 
 
 def _valid(serializer_class, data) -> dict:
@@ -77,12 +88,30 @@ class ConsultationMessagesApi(APIView):
                 page, more = selectors.messages_page(
                     consultation_id=consultation.pk, limit=limit, after=after, before=before
                 )
-        audit_chat_read(request=request, consultation=consultation)
+        attachments = attachment_selectors.attachments_of_messages(
+            consultation_id=consultation.pk, message_ids=[message.pk for message in page]
+        )
+        url_rows: list = []
+        results = messages_with_urls(request, page, attachments, url_rows)
+        # The history read and every download URL handed out, in one audit write.
+        audit_typed_rows(
+            request=request,
+            action=AuditAction.READ,
+            rows=[
+                (
+                    HISTORY_AUDIT_TYPE,
+                    consultation.pk,
+                    consultation.patient_id,
+                    consultation.organization_id,
+                ),
+                *url_rows,
+            ],
+        )
         body = {
-            "results": MessageOutput(page, many=True).data,
+            "results": results,
             "next": _next_url(request, page=page, more=more, forward=after is not None),
         }
-        return Response(body)
+        return _no_store(Response(body))
 
     @extend_schema(
         summary="Send a chat message",
@@ -103,12 +132,21 @@ class ConsultationMessagesApi(APIView):
             sender=request.user,
             body=data["body"],
             client_id=data["client_id"],
+            attachment_ids=data["attachments"],
         )
         if created:
             audit_message_created(request=request, consultation=consultation, message=message)
-        return Response(
-            MessageOutput(message).data,
-            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        attachments = attachment_selectors.attachments_of_messages(
+            consultation_id=consultation.pk, message_ids=[message.pk]
+        )
+        url_rows: list = []
+        (result,) = messages_with_urls(request, [message], attachments, url_rows)
+        audit_typed_rows(request=request, action=AuditAction.READ, rows=url_rows)
+        return _no_store(
+            Response(
+                result,
+                status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+            )
         )
 
 

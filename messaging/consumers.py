@@ -32,6 +32,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from consultations.selectors import consultation_get_for_user
+from attachments import selectors as attachment_selectors
 from medease import db as db_routing
 from medease import ratelimit
 from medease.exceptions import (
@@ -108,16 +109,24 @@ def _recheck(user, consultation_id: int):
 
 
 @_db
-def _send(request, consultation_id: int, body, client_id) -> dict:
+def _send(request, consultation_id: int, body, client_id, attachment_ids=()) -> dict:
     user, consultation = _authorize(request.user, consultation_id)
     # The per-user send budget shared with the REST send, across nodes.
     ratelimit.hit(request, name="message_user", key=ratelimit.by_user)
     message, created = services.message_send(
-        consultation=consultation, sender=user, body=body, client_id=client_id
+        consultation=consultation,
+        sender=user,
+        body=body,
+        client_id=client_id,
+        attachment_ids=attachment_ids,
     )
     if created:
         audit_message_created(request=request, consultation=consultation, message=message)
-    return message_payload(message)
+    # Metadata only, no signed URLs (docs/api.md): also for a repeated client_id.
+    attachments = attachment_selectors.attachments_of_messages(
+        consultation_id=consultation.pk, message_ids=[message.pk]
+    )
+    return message_payload(message, attachments.get(message.pk, ()))
 
 
 @_db
@@ -138,7 +147,10 @@ def _replay_batch(consultation_id: int, after: int) -> tuple[list[dict], bool]:
     page, more = selectors.messages_page(
         consultation_id=consultation_id, limit=REPLAY_BATCH, after=after
     )
-    return [message_payload(message) for message in page], more
+    attachments = attachment_selectors.attachments_of_messages(
+        consultation_id=consultation_id, message_ids=[message.pk for message in page]
+    )
+    return [message_payload(message, attachments.get(message.pk, ())) for message in page], more
 
 
 def _connection_id(scope) -> str:
@@ -407,7 +419,13 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         client_id = event.get("client_id")
         # The REST send's input rules (types, lengths, no lone surrogates), so a body REST
         # refuses with a 400 is an "invalid" event here, not a database encoding error.
-        data = MessageSendInput(data={"body": event.get("body"), "client_id": client_id})
+        data = MessageSendInput(
+            data={
+                "body": event.get("body"),
+                "client_id": client_id,
+                "attachments": event.get("attachments", []),
+            }
+        )
         if not data.is_valid():
             return await self._error(
                 "invalid",
@@ -428,6 +446,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             return await self._error(
                 exc.code, exc.message, retry_after=exc.retry_after, client_id=client_id
             )
+                data.validated_data["attachments"],
         except ApplicationError as exc:
             return await self._error(
                 exc.code, exc.message, fields=exc.fields or None, client_id=client_id

@@ -5,16 +5,25 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
+from attachments import output as attachment_output
+from attachments.models import MAX_ATTACHMENTS_PER_ITEM
+from attachments.serializers import AttachmentOutput
 from medease.schema import NOT_BLANK
 from messaging.models import MAX_BODY_LENGTH, MAX_CLIENT_ID_LENGTH, Message
 
+# Ids are bigint: anything larger would reach the database as an out-of-range error.
+MAX_ID = 2**63 - 1
+
 
 class MessageOutput(serializers.ModelSerializer):
-    """``{id, consultation, sender, body, client_id, created_at}`` plus edit/delete markers."""
+    """``{id, consultation, sender, body, client_id, attachments, created_at}`` plus
+    edit/delete markers; ``attachments`` come from the context (``{message id: [...]}``):
+    with signed URLs in REST answers, metadata only in websocket events."""
 
     consultation = serializers.IntegerField(source="consultation_id")
     sender = serializers.IntegerField(source="sender_id")
     body = serializers.SerializerMethodField()
+    attachments = serializers.SerializerMethodField()
 
     class Meta:
         model = Message
@@ -24,6 +33,7 @@ class MessageOutput(serializers.ModelSerializer):
             "sender",
             "body",
             "client_id",
+            "attachments",
             "created_at",
             "edited_at",
             "deleted_at",
@@ -33,10 +43,32 @@ class MessageOutput(serializers.ModelSerializer):
         # A deleted message keeps its place in the history, not its text.
         return "" if message.deleted_at else message.body
 
+    @extend_schema_field(AttachmentOutput(many=True))
+    def get_attachments(self, message: Message) -> list[dict]:
+        # A deleted message keeps its place, not its files.
+        if message.deleted_at:
+            return []
+        return self.context.get("attachments", {}).get(message.pk, [])
 
-def message_payload(message: Message) -> dict:
-    """The message as plain JSON types (for the channel layer and the websocket)."""
-    return dict(MessageOutput(message).data)
+
+def message_payload(message: Message, attachments=()) -> dict:
+    """The message as plain JSON types (for the channel layer and the websocket). Its
+    attachments as metadata without URLs: those expire within minutes, and an event may
+    sit in a buffer or be replayed later; clients get a URL from ``GET attachments/{id}``."""
+    context = {"attachments": {message.pk: attachment_output.metadata(attachments)}}
+    return dict(MessageOutput(message, context=context).data)
+
+
+def messages_with_urls(request, messages, attachments: dict, audit_rows: list) -> list[dict]:
+    """REST answers: the messages with their attachments' signed URLs; appends the audit
+    row of each URL handed out (the caller writes them once for the answer)."""
+    context = {
+        "attachments": {
+            message_id: attachment_output.signed_bodies(request, found, audit_rows)
+            for message_id, found in attachments.items()
+        }
+    }
+    return MessageOutput(messages, many=True, context=context).data
 
 
 class MessageSendInput(serializers.Serializer):
@@ -46,6 +78,13 @@ class MessageSendInput(serializers.Serializer):
         allow_blank=True, trim_whitespace=False, max_length=MAX_BODY_LENGTH * 4
     )
     client_id = serializers.CharField(max_length=MAX_CLIENT_ID_LENGTH * 4)
+    # Count and ownership are checked by the service; this only bounds the input.
+    attachments = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        required=False,
+        default=list,
+        max_length=100,
+    )
 
 
 @extend_schema_field(
@@ -74,10 +113,13 @@ class MessageSendRequest(serializers.Serializer):
         help_text=f"1 to {MAX_BODY_LENGTH} characters, not blank.",
     )
     client_id = _ClientIdField()
-
-
-# Ids are bigint: anything larger would reach the database as an out-of-range error.
-MAX_ID = 2**63 - 1
+    attachments = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        required=False,
+        max_length=MAX_ATTACHMENTS_PER_ITEM,
+        help_text=f"Ids of your own ready attachments of this consultation, at most "
+        f"{MAX_ATTACHMENTS_PER_ITEM}; each is attached once.",
+    )
 
 
 class ReadInput(serializers.Serializer):

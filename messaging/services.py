@@ -4,6 +4,7 @@ sockets on revocation, partition upkeep. Fan-out happens after commit, never ins
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.conf import settings
@@ -12,6 +13,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import User
+from attachments import services as attachment_services
 from consultations.models import Consultation
 from medease.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from messaging import (
@@ -82,13 +84,21 @@ def _repeat(existing: Message, *, consultation: Consultation) -> tuple[Message, 
 
 
 def message_send(
-    *, consultation: Consultation, sender: User, body: str, client_id: str
+    *,
+    consultation: Consultation,
+    sender: User,
+    body: str,
+    client_id: str,
+    attachment_ids: Sequence[int] = (),
 ) -> tuple[Message, bool]:
     """Store a message once per (sender, client_id), then fan it out after commit.
 
     Returns ``(message, created)``; a repeated client_id returns the stored message with
-    ``created=False`` (also once the consultation has closed: the first send succeeded).
-    The caller has found ``consultation`` through ``consultation_get_for_user``.
+    ``created=False`` (also once the consultation has closed: the first send succeeded),
+    with the attachments the first send linked (the repeat's ``attachment_ids`` are not
+    looked at). ``attachment_ids``: the sender's own ready files of this consultation, each
+    linked once (anything else is a 400 on ``attachments``). The caller has found
+    ``consultation`` through ``consultation_get_for_user``.
     """
     body = _clean_body(body)
     client_id = _clean_client_id(client_id)
@@ -98,7 +108,13 @@ def message_send(
         )
     for attempt in (1, 2):
         try:
-            return _store(consultation=consultation, sender=sender, body=body, client_id=client_id)
+            return _store(
+                consultation=consultation,
+                sender=sender,
+                body=body,
+                client_id=client_id,
+                attachment_ids=attachment_ids,
+            )
         except IntegrityError as exc:
             if attempt == 1 and partitions.is_missing_partition(exc):
                 # The beat job that keeps partitions ahead has not run for months: make the
@@ -115,7 +131,12 @@ def message_send(
 
 
 def _store(
-    *, consultation: Consultation, sender: User, body: str, client_id: str
+    *,
+    consultation: Consultation,
+    sender: User,
+    body: str,
+    client_id: str,
+    attachment_ids: Sequence[int],
 ) -> tuple[Message, bool]:
     """The transaction of message_send (IntegrityError: a concurrent repeat won)."""
     with transaction.atomic():
@@ -151,12 +172,20 @@ def _store(
             message_id=message.pk,
             message_created_at=message.created_at,
         )
+        # A file that cannot be attached refuses the whole send (rolled back, nothing sent).
+        attachments = attachment_services.attachments_link_to_message(
+            uploader=sender,
+            consultation_id=consultation.pk,
+            message_id=message.pk,
+            message_created_at=message.created_at,
+            attachment_ids=attachment_ids,
+        )
         # Whoever writes has read everything up to their own message.
         _marker_advance(consultation_id=consultation.pk, user_id=sender.pk, upto=message.pk)
         _notify_offline_participants(consultation=consultation, sender=sender)
         events.group_send_on_commit(
             events.consultation_group(consultation.pk),
-            events.message_event(message_payload(message)),
+            events.message_event(message_payload(message, attachments)),
         )
     return message, True
 

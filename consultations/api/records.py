@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
 from consultations import selectors, services
 from consultations.api._base import ClinicApiView, paginator_for, valid
-from consultations.audit import AuditAction, audit_log
+from consultations.audit import AuditAction, audit_log, audit_typed_rows
 from consultations.serializers import RecordEntryOutput, RecordInput, RecordListInput
+from consultations.services.records import record_attachment_outputs
 from medease.schema import error
+
+
+def _no_store(response: Response) -> Response:
+    # Entries may carry signed download URLs: no cache may keep them.
+    add_never_cache_headers(response)
+    return response
 
 
 class PatientRecordsApi(ClinicApiView):
@@ -33,16 +41,19 @@ class PatientRecordsApi(ClinicApiView):
         )
         paginator = paginator_for(("-id",))
         page = paginator.paginate_queryset(queryset, request, view=self)
-        data = RecordEntryOutput(page, many=True).data
-        audit_log(
+        attachments, url_rows = record_attachment_outputs(request=request, entries=page)
+        data = RecordEntryOutput(page, many=True, context={"attachments": attachments}).data
+        # The entries and every download URL handed out, in one audit write.
+        audit_typed_rows(
             request=request,
             action=AuditAction.READ,
-            object_type="medical_record_entry",
-            object_ids=[entry.pk for entry in page] or [f"patient:{patient.pk}"],
-            patient_id=patient.pk,
-            organization_id=request.user.organization_id,
+            rows=[
+                ("medical_record_entry", object_id, patient.pk, request.user.organization_id)
+                for object_id in [entry.pk for entry in page] or [f"patient:{patient.pk}"]
+            ]
+            + url_rows,
         )
-        return paginator.get_paginated_response(data)
+        return _no_store(paginator.get_paginated_response(data))
 
     @extend_schema(
         summary="Add a record entry or a correction",
@@ -63,6 +74,7 @@ class PatientRecordsApi(ClinicApiView):
             text=data["text"],
             consultation_id=data.get("consultation"),
             supersedes_id=data.get("supersedes"),
+            attachment_ids=data["attachments"],
         )
         audit_log(
             request=request,
@@ -72,4 +84,7 @@ class PatientRecordsApi(ClinicApiView):
             patient_id=patient.pk,
             organization_id=entry.organization_id,
         )
-        return Response(RecordEntryOutput(entry).data, status=status.HTTP_201_CREATED)
+        attachments, url_rows = record_attachment_outputs(request=request, entries=[entry])
+        audit_typed_rows(request=request, action=AuditAction.READ, rows=url_rows)
+        body = RecordEntryOutput(entry, context={"attachments": attachments}).data
+        return _no_store(Response(body, status=status.HTTP_201_CREATED))

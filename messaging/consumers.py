@@ -31,8 +31,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
-from consultations.selectors import consultation_get_for_user
 from attachments import selectors as attachment_selectors
+from consultations.selectors import consultation_get_for_user
 from medease import db as db_routing
 from medease import ratelimit
 from medease.exceptions import (
@@ -439,6 +439,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
                 self.consultation_id,
                 data.validated_data["body"],
                 data.validated_data["client_id"],
+                data.validated_data["attachments"],
             )
         except NotFound:
             raise
@@ -446,7 +447,6 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             return await self._error(
                 exc.code, exc.message, retry_after=exc.retry_after, client_id=client_id
             )
-                data.validated_data["attachments"],
         except ApplicationError as exc:
             return await self._error(
                 exc.code, exc.message, fields=exc.fields or None, client_id=client_id

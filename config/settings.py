@@ -702,9 +702,10 @@ MESSAGING_FANOUT_TIMEOUT_SECONDS = _positive_float("MESSAGING_FANOUT_TIMEOUT_SEC
 # layer ("pubsub"); docs/adr/0005-chat-transport.md has the figures behind the default.
 CHANNEL_LAYER_REDIS_URL = env.str("CHANNEL_LAYER_REDIS_URL", default="") or REDIS_URL
 CHANNEL_LAYER_BACKEND = env.str("CHANNEL_LAYER_BACKEND", default="core")
-# Pending messages one channel may hold (core layer); all sockets of a process share one
-# Redis list, so this bounds a burst per process, not per socket (channels_redis drops
-# silently above it: clients resync with ?after=).
+# Pending events one channel may hold (core layer): all sockets of a process share one
+# Redis queue, and each socket has a local buffer of the same size. Above it events are
+# dropped, never silently: the sockets concerned are closed with 4408 and replay with
+# ?after= (messaging.events.ChatChannelLayer, docs/adr/0005-chat-transport.md).
 CHANNEL_LAYER_CAPACITY = _positive_int("CHANNEL_LAYER_CAPACITY", 1000)
 # Read timeout of the layer's Redis connections. It must exceed the 5 s blocking pop
 # (BZPOPMIN) of channels_redis' receive loop: redis-py 8 defaults socket_timeout to 5 s,
@@ -719,6 +720,10 @@ if CHANNEL_LAYER_BACKEND not in ("core", "pubsub"):
 if CHANNEL_LAYER_REDIS_URL:
     _layer_hosts = [
         {
+# Redis connections per process for the layer. The pool waits (up to 10 s) for a free one
+# rather than failing, so a burst of group_discard calls (thousands of sockets closing at
+# once) queues instead of raising MaxConnectionsError.
+CHANNEL_LAYER_MAX_CONNECTIONS = _positive_int("CHANNEL_LAYER_MAX_CONNECTIONS", 100)
             "address": CHANNEL_LAYER_REDIS_URL,
             "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT,
             # A Redis that is down is noticed at once, not after the read timeout.
@@ -735,7 +740,7 @@ if CHANNEL_LAYER_REDIS_URL:
     else:
         CHANNEL_LAYERS = {
             "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "BACKEND": "messaging.events.ChatChannelLayer",
                 "CONFIG": {
                     "hosts": _layer_hosts,
                     "prefix": "medease:asgi",
@@ -746,3 +751,4 @@ if CHANNEL_LAYER_REDIS_URL:
 else:
     # Embedded mode (no Redis): one process, so an in-memory layer is enough.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+                    "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,

@@ -7,8 +7,10 @@ joining any group, replays what the client missed after ``?after=``, then stream
 inbound event is authorized again (the consultation may have closed, access may be gone)
 and goes through the same services as the REST API. Close codes: 4401 bad or missing
 credentials (also after revocation), 4403 not allowed here, 4400 bad query, 1013 a
-dependency is down (try again). On any other close a client reconnects with
-``?after=<last id it saw>``: the database is the truth, the socket only the fast path.
+dependency is down (try again), 4408 the socket fell behind and events meant for it were
+dropped (after a ``resync`` event naming the last message id it delivered). On any
+other close a client reconnects with ``?after=<last id it saw>``: the database is the
+truth, the socket only the fast path.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ logger = logging.getLogger("medease.messaging")
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_FELL_BEHIND = 4408
 CLOSE_TRY_AGAIN = 1013
 CLOSE_SERVER_ERROR = 1011
 REPLAY_BATCH = 200
@@ -228,6 +231,10 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         self.joined_groups: list[str] = []
         self.present = False
         self.heartbeat_task: asyncio.Task | None = None
+        # The highest message id this socket has delivered (or the client's ?after=): what
+        # a client that fell behind replays after.
+        self.last_id: int | None = None
+        self.fell_behind = False
         self.delivered = _RecentIds(RECENT_IDS)
         self.inbound: deque[float] = deque()
         self.last_typing = float("-inf")
@@ -265,6 +272,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             return await self._refuse(CLOSE_TRY_AGAIN)
 
         await self.accept()
+        self.last_id = after
         await self._presence_join()
         if after is not None:
             # Joined before reading: whatever commits from here on also arrives live (and
@@ -526,11 +534,25 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
 
     async def session_revoked(self, event):
         await self.close(code=CLOSE_UNAUTHENTICATED)
+    async def chat_overflow(self, event):
+        # The channel layer dropped events meant for this socket (it did not keep up):
+        # say from where to replay, and close so that the client does (docs/api.md).
+        if self.fell_behind:
+            return
+        self.fell_behind = True
+        logger.warning("chat socket fell behind: closing 4408 after id %s", self.last_id)
+        await self._send_json({"type": "resync", "after": self.last_id})
+        await self.close(code=CLOSE_FELL_BEHIND)
+
 
     # --- Output ----------------------------------------------------------------------
 
+        if self.fell_behind:
+            return  # closing: whatever is still queued comes back in the client's replay
     async def _deliver(self, payload: dict, *, acknowledgement: bool = False) -> None:
         if self.delivered.add(payload["id"]) or acknowledgement:
+            if not acknowledgement and (self.last_id is None or payload["id"] > self.last_id):
+                self.last_id = payload["id"]
             await self._send_json({"type": "message", "message": payload})
 
     async def _broadcast(self, event: dict) -> None:

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from accounts.forms import CONSOLE_IS_FOR_STAFF
 from accounts.models import Role, User
@@ -235,3 +236,9 @@ def test_the_audit_log_lists_when_in_the_clinics_zone_and_finds_people_by_name(
     html = listing.content.decode()
     assert f"{local:%d %b %Y %H:%M} {local.tzname()}" in html
     assert staff.full_name in html
+
+
+def test_desk_pages_name_the_clinics_zone_and_its_abbreviation(staff, organization):
+    html = _console(staff).get("/admin/desk/board/").content.decode()
+    abbreviation = timezone.now().astimezone(ZoneInfo(organization.timezone)).tzname()
+    assert f"times in America/New_York ({abbreviation})" in html

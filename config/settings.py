@@ -707,6 +707,10 @@ CHANNEL_LAYER_BACKEND = env.str("CHANNEL_LAYER_BACKEND", default="core")
 # dropped, never silently: the sockets concerned are closed with 4408 and replay with
 # ?after= (messaging.events.ChatChannelLayer, docs/adr/0005-chat-transport.md).
 CHANNEL_LAYER_CAPACITY = _positive_int("CHANNEL_LAYER_CAPACITY", 1000)
+# Redis connections per process for the layer. The pool waits (up to 10 s) for a free one
+# rather than failing, so a burst of group_discard calls (thousands of sockets closing at
+# once) queues instead of raising MaxConnectionsError.
+CHANNEL_LAYER_MAX_CONNECTIONS = _positive_int("CHANNEL_LAYER_MAX_CONNECTIONS", 100)
 # Read timeout of the layer's Redis connections. It must exceed the 5 s blocking pop
 # (BZPOPMIN) of channels_redis' receive loop: redis-py 8 defaults socket_timeout to 5 s,
 # which tears down every idle consumer every few seconds (django/channels_redis#422).
@@ -720,10 +724,6 @@ if CHANNEL_LAYER_BACKEND not in ("core", "pubsub"):
 if CHANNEL_LAYER_REDIS_URL:
     _layer_hosts = [
         {
-# Redis connections per process for the layer. The pool waits (up to 10 s) for a free one
-# rather than failing, so a burst of group_discard calls (thousands of sockets closing at
-# once) queues instead of raising MaxConnectionsError.
-CHANNEL_LAYER_MAX_CONNECTIONS = _positive_int("CHANNEL_LAYER_MAX_CONNECTIONS", 100)
             "address": CHANNEL_LAYER_REDIS_URL,
             "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT,
             # A Redis that is down is noticed at once, not after the read timeout.
@@ -745,10 +745,10 @@ CHANNEL_LAYER_MAX_CONNECTIONS = _positive_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1
                     "hosts": _layer_hosts,
                     "prefix": "medease:asgi",
                     "capacity": CHANNEL_LAYER_CAPACITY,
+                    "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,
                 },
             }
         }
 else:
     # Embedded mode (no Redis): one process, so an in-memory layer is enough.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-                    "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,

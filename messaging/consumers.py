@@ -59,8 +59,8 @@ logger = logging.getLogger("medease.messaging")
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
-CLOSE_FELL_BEHIND = 4408
 CLOSE_TRY_AGAIN = 1013
+CLOSE_FELL_BEHIND = 4408
 CLOSE_SERVER_ERROR = 1011
 REPLAY_BATCH = 200
 # Message ids this socket has delivered, to drop the channel-layer copy of a message the
@@ -231,11 +231,11 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         self.joined_groups: list[str] = []
         self.present = False
         self.heartbeat_task: asyncio.Task | None = None
+        self.delivered = _RecentIds(RECENT_IDS)
         # The highest message id this socket has delivered (or the client's ?after=): what
         # a client that fell behind replays after.
         self.last_id: int | None = None
         self.fell_behind = False
-        self.delivered = _RecentIds(RECENT_IDS)
         self.inbound: deque[float] = deque()
         self.last_typing = float("-inf")
         self.request = ScopeRequest(self.scope, self.user)
@@ -272,8 +272,8 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             return await self._refuse(CLOSE_TRY_AGAIN)
 
         await self.accept()
-        self.last_id = after
         await self._presence_join()
+        self.last_id = after
         if after is not None:
             # Joined before reading: whatever commits from here on also arrives live (and
             # is de-duplicated), whatever committed before is in the replay.
@@ -534,6 +534,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
 
     async def session_revoked(self, event):
         await self.close(code=CLOSE_UNAUTHENTICATED)
+
     async def chat_overflow(self, event):
         # The channel layer dropped events meant for this socket (it did not keep up):
         # say from where to replay, and close so that the client does (docs/api.md).
@@ -544,16 +545,15 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         await self._send_json({"type": "resync", "after": self.last_id})
         await self.close(code=CLOSE_FELL_BEHIND)
 
-
     # --- Output ----------------------------------------------------------------------
 
+    async def _deliver(self, payload: dict, *, acknowledgement: bool = False) -> None:
         if self.fell_behind:
             return  # closing: whatever is still queued comes back in the client's replay
-    async def _deliver(self, payload: dict, *, acknowledgement: bool = False) -> None:
         if self.delivered.add(payload["id"]) or acknowledgement:
+            await self._send_json({"type": "message", "message": payload})
             if not acknowledgement and (self.last_id is None or payload["id"] > self.last_id):
                 self.last_id = payload["id"]
-            await self._send_json({"type": "message", "message": payload})
 
     async def _broadcast(self, event: dict) -> None:
         await events.agroup_send(events.consultation_group(self.consultation_id), event)

@@ -394,7 +394,12 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 
 # --- REST framework and OpenAPI ----------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.BearerTokenAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.BearerTokenAuthentication",
+        # The visit page's session (CSRF enforced), for its own consultation's call, chat
+        # and websocket ticket only: never the console's session, never other endpoints.
+        "visits.session.VisitSessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": [
         "rest_framework.permissions.IsAuthenticated",
         # A clinic's mfa_required: its clinicians enrol before anything else.
@@ -423,6 +428,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # The visit page's session (visits/session.py) is that page's, not a client contract.
+    "AUTHENTICATION_WHITELIST": ["accounts.authentication.BearerTokenAuthentication"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "medease.schema.postprocess",
@@ -691,6 +698,12 @@ TURN_TTL_SECONDS = _positive_int("TURN_TTL_SECONDS", 3600)
 VISIT_SIGNAL_MAX_BYTES = _positive_int("VISIT_SIGNAL_MAX_BYTES", 64 * 1024)
 # A patient who never joined the video call this long after the scheduled end is a no-show.
 VISIT_NO_SHOW_GRACE_MINUTES = _positive_int("VISIT_NO_SHOW_GRACE_MINUTES", 15)
+# A join link in a reminder e-mail (visits/links.py) works until this long after the
+# visit's scheduled end.
+VISIT_LINK_SECONDS = _positive_int("VISIT_LINK_SECONDS", 24 * 60 * 60)
+# The visit page offers only relayed (TURN) candidates to its RTCPeerConnection; for tests
+# and for networks that must never expose peer addresses (a page's ?relay=1 does the same).
+VISIT_ICE_RELAY_ONLY = env.bool("VISIT_ICE_RELAY_ONLY", default=False)
 # Monthly message partitions (PostgreSQL) kept ready ahead of the current month.
 MESSAGING_PARTITION_MONTHS_AHEAD = _positive_int("MESSAGING_PARTITION_MONTHS_AHEAD", 3)
 # A fan-out that takes longer than this is abandoned (the message is stored; clients

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from attachments.urls import file_urlpatterns as attachment_files
 from medease import views as ops
+from visits.urls import page_urlpatterns as visit_pages
 
 admin.site.site_header = "MedEase staff console"
 admin.site.site_title = "MedEase"
@@ -27,6 +28,8 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     # Signed file URLs of the embedded storage (attachments/storage.py).
     path("files/", include(attachment_files)),
+    # The visit page for patients and providers, its sign-in and join links (visits/views.py).
+    path("visit/", include(visit_pages)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("health/live", ops.health_live, name="health-live"),

@@ -18,6 +18,7 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from consultations.models import Consultation, ConsultationStatus
+from visits import links as visit_links
 from workers import relevance
 from workers.models import Notification, NotificationKind
 from workers.services import notification_record
@@ -138,6 +139,12 @@ def notify_queue_called(*, entry) -> Notification | None:
 # --- Reminders ----------------------------------------------------------------------------
 
 
+def _reminder_payload(consultation: Consultation) -> dict:
+    # The patient's join link: signed for this visit and this patient, expiring after it.
+    join_url = visit_links.join_url(consultation=consultation, user=consultation.patient)
+    return {**_consultation_payload(consultation), "join_url": join_url}
+
+
 def _reminder_key(consultation_id: int, kind: str, user_id: int) -> str:
     return f"consultation:{consultation_id}:{kind}:user:{user_id}"
 
@@ -178,7 +185,7 @@ def reminders_create_due(*, now: datetime | None = None, batch: int | None = Non
                     user=consultation.patient,
                     kind=kind,
                     dedupe_key=_reminder_key(consultation.pk, kind, consultation.patient_id),
-                    payload=_consultation_payload(consultation),
+                    payload=_reminder_payload(consultation),
                     consultation_id=consultation.pk,
                     # Never after the start: a late reminder is worse than none.
                     expires_at=consultation.scheduled_start,

@@ -183,6 +183,23 @@ ROUTES: dict[str, dict[str, object]] = {
         "post": phi("patient", "create", "call"),
         "delete": (NOT_PHI, "leaves the call; 204"),
     },
+    # The visit page (its own session, not a console login: covered by its own tests).
+    "visit-page": {
+        "*": (
+            COVERED,
+            "tests/visits/test_join_links.py::test_a_patient_signs_in_and_the_page_is_audited",
+        )
+    },
+    "visit-join": {
+        "*": (
+            COVERED,
+            "tests/visits/test_join_links.py::test_a_join_link_opens_that_visit_only_and_is_audited",
+        )
+    },
+    "visit-sign-in": {"*": (NOT_PHI, "sign-in form")},
+    "visit-sign-in-code": {"*": (NOT_PHI, "second-factor form")},
+    "visit-sign-in-done": {"*": (NOT_PHI, "the signed-in user's own name")},
+    "visit-sign-out": {"*": (NOT_PHI, "sign-out")},
     # The console's own pages (not a model's).
     "admin:index": {"*": (NOT_PHI, "the list of console sections")},
     "admin:login": {"*": (NOT_PHI, "sign-in form")},

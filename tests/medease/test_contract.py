@@ -186,7 +186,7 @@ def schemathesis(
     }
     result = subprocess.run(
         command,
-        cwd=BASE_DIR,
+        cwd=report.parent,  # its caches (.schemathesis/, .hypothesis/) stay out of the tree
         env=env,
         capture_output=True,
         text=True,

@@ -23,12 +23,14 @@ from medease.context import current_request_id
 from medease.models import AuditAction, AuditEvent
 from medease.ratelimit import client_ip
 
-__all__ = ["AuditAction", "audit_log", "audit_log_rows"]
+__all__ = ["AuditAction", "audit_log", "audit_log_rows", "audit_log_typed_rows"]
 
 logger = logging.getLogger("medease.audit")
 
 # (object id, patient id, organization id) of one audited object.
 AuditRow = tuple[object, int | None, int | None]
+# (object type, object id, patient id, organization id).
+TypedAuditRow = tuple[str, object, int | None, int | None]
 
 
 def _ip_or_none(request) -> str | None:
@@ -41,10 +43,20 @@ def _ip_or_none(request) -> str | None:
 
 
 def audit_log_rows(*, request, action: str, object_type: str, rows: Iterable[AuditRow]) -> None:
-    """Append one event per row, each with its own patient and clinic, in one INSERT.
+    """Append one event per row, each with its own patient and clinic, in one write.
 
     Lists that span several patients use this directly so they stay constant-query.
     """
+    audit_log_typed_rows(
+        request=request,
+        action=action,
+        rows=[(object_type, *row) for row in rows],
+    )
+
+
+def audit_log_typed_rows(*, request, action: str, rows: Iterable[TypedAuditRow]) -> None:
+    """Like ``audit_log_rows`` with an object type per row (a page of mixed objects), in one
+    write."""
     user = getattr(request, "user", None)
     user_id = user.pk if user is not None and user.is_authenticated else None
     ip = _ip_or_none(request)
@@ -60,7 +72,7 @@ def audit_log_rows(*, request, action: str, object_type: str, rows: Iterable[Aud
             organization_id=organization_id,
             request_id=request_id if request_id != "-" else "",
         )
-        for object_id, patient_id, organization_id in rows
+        for object_type, object_id, patient_id, organization_id in rows
     ]
     if events:
         _events_write(events)

@@ -22,7 +22,7 @@ from accounts.models import Role
 from consultations import services as consultation_services
 from consultations.models import Slot
 from medease import audit_stream
-from medease.audit import AuditAction, audit_log
+from medease.audit import AuditAction, audit_log, audit_log_typed_rows
 from medease.audit_stream import GROUP, Flusher
 from medease.models import AuditEvent
 
@@ -242,3 +242,20 @@ def test_an_event_the_table_refuses_is_set_aside_and_the_rest_written(
     assert stream.xlen(key) == 0
     [(_id, fields)] = stream.xrange(f"{key}:unreadable")
     assert audit_stream.json.loads(fields[audit_stream.FIELD.encode()]) == [refused]
+
+
+def test_mixed_types_go_through_the_stream_in_one_entry(stream, consultation):
+    audit_log_typed_rows(
+        request=None,
+        action=AuditAction.READ,
+        rows=[
+            ("consultation", consultation.pk, consultation.patient_id, None),
+            ("queue_entry", 7, consultation.patient_id, None),
+        ],
+    )
+    assert stream.xlen(settings.AUDIT_STREAM_KEY) == 1
+    assert Flusher(consumer="one").drain() == 2
+    assert sorted(AuditEvent.objects.values_list("object_type", "object_id")) == [
+        ("consultation", str(consultation.pk)),
+        ("queue_entry", "7"),
+    ]

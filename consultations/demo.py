@@ -4,7 +4,9 @@ Acts only on the demo accounts that accounts/demo.py provides, never on other pr
 the demo clinic (a provider added in the console keeps the hours it was given). Every demo
 provider works 08:00-18:00 every day of the week (so a demo on any day has open
 slots for the next weeks), and each has a few past consultations with demo patients, which
-also gives the walk-in wait estimate some history. Safe to run again: nothing is duplicated.
+also gives the walk-in wait estimate some history. patient1 also has a video visit with
+provider1 today that can be joined now (README, "Hold a demo visit"). Safe to run again:
+nothing is duplicated.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ DEMO_HOURS = (time(8), time(18))
 MIN_DEMO_DAYS = 14
 # (days ago, local hour, minutes it lasted or None for a no-show) per past consultation.
 PAST = [(1, 10, 18), (2, 11, 25), (3, 14, 32), (4, 9, None)]
+# Today's demo visit is written (not booked) so that it can start now, within its slot.
+JOINABLE = (ConsultationStatus.SCHEDULED, ConsultationStatus.IN_PROGRESS)
+VISIT_REASON = "Demo video visit"
 
 
 def _past_consultations(*, provider: User, patients: list[User], context: SeedContext) -> int:
@@ -77,6 +82,57 @@ def _past_consultations(*, provider: User, patients: list[User], context: SeedCo
     return created
 
 
+def _first(users: list[User], prefix: str) -> User:
+    return next((user for user in users if user.email.startswith(prefix)), users[0])
+
+
+def _todays_visit(*, provider: User, patient: User, context: SeedContext) -> None:
+    """A scheduled visit of this patient with this provider that can be joined right now.
+
+    The provider's free slot that is running now (or the next one today); after hours a
+    slot from now on. Another one is written only once the previous one is over.
+    """
+    now = timezone.now()
+    if Consultation.objects.filter(
+        patient=patient, provider=provider, status__in=JOINABLE, scheduled_end__gt=now
+    ).exists():
+        context.existing += 1
+        return
+    tz = ZoneInfo(provider.timezone)
+    end_of_day = datetime.combine(now.astimezone(tz).date() + timedelta(days=1), time(0), tz)
+    booked = Consultation.objects.exclude(status=ConsultationStatus.CANCELLED).values("slot")
+    slot = (
+        Slot.objects.filter(provider=provider, end__gt=now + timedelta(minutes=10))
+        .filter(start__lt=end_of_day)
+        .exclude(pk__in=booked)
+        .order_by("start")
+        .first()
+    )
+    if slot is None:
+        start = now.replace(second=0, microsecond=0)
+        start -= timedelta(minutes=start.minute % 5)
+        minutes = provider.provider_profile.consultation_minutes
+        slot, _ = Slot.objects.get_or_create(
+            provider=provider, start=start, defaults={"end": start + timedelta(minutes=minutes)}
+        )
+    Consultation.objects.create(
+        patient=patient,
+        provider=provider,
+        organization_id=provider.organization_id,
+        slot=slot,
+        kind=ConsultationKind.BOOKED,
+        reason=VISIT_REASON,
+        scheduled_start=slot.start,
+        scheduled_end=slot.end,
+        status=ConsultationStatus.SCHEDULED,
+    )
+    context.created += 1
+    context.progress(
+        f"created today's video visit of {patient.email} with {provider.email} "
+        f"at {slot.start.astimezone(tz):%H:%M}"
+    )
+
+
 def seed_demo(*, context: SeedContext) -> None:
     """Availability, slots and a few past consultations for the demo providers (idempotent)."""
     days = max(settings.SLOTS_MATERIALIZE_DAYS, MIN_DEMO_DAYS)
@@ -98,3 +154,9 @@ def seed_demo(*, context: SeedContext) -> None:
             context.progress(f"materialized {result.created} slots for {provider.email}")
         if patients:
             _past_consultations(provider=provider, patients=patients, context=context)
+    if patients and providers:
+        _todays_visit(
+            provider=_first(list(providers.order_by("pk")), "provider1@"),
+            patient=_first(patients, "patient1@"),
+            context=context,
+        )

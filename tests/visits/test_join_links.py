@@ -273,3 +273,47 @@ def test_the_reminder_email_carries_a_working_join_link(make_user, organization,
     assert re.search(re.escape(join_url.replace("&", "&amp;")), message.html)
     _client, response = open_link(join_url.removeprefix(settings.SITE_URL))
     assert response["Location"] == page(consultation)
+
+
+# --- The demo -------------------------------------------------------------------------------
+
+
+def test_the_demo_leaves_patient1_a_visit_with_provider1_to_join_today(settings):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from accounts.demo import DEMO_PASSWORD
+    from consultations.models import Consultation
+
+    settings.DEBUG = True  # seed_demo refuses to run with DEBUG off
+    call_command("seed_demo", stdout=StringIO())
+    call_command("seed_demo", stdout=StringIO())  # again: still one
+    visits = Consultation.objects.filter(
+        patient__email__startswith="patient1@",
+        provider__email__startswith="provider1@",
+        status="scheduled",
+        scheduled_end__gt=timezone.now(),
+    )
+    assert visits.count() == 1
+    visit = visits.get()
+    clients = {}
+    for who in (visit.patient, visit.provider):
+        client = Client(enforce_csrf_checks=True)
+        client.get("/visit/sign-in/")
+        response = client.post(
+            f"/visit/sign-in/?next={page(visit)}",
+            {
+                "email": who.email,
+                "password": DEMO_PASSWORD,
+                "csrfmiddlewaretoken": client.cookies["csrftoken"].value,
+            },
+        )
+        assert response.status_code == 302, response.content
+        assert client.get(page(visit)).status_code == 200
+        clients[who.pk] = client
+    call = f"/api/v1/consultations/{visit.pk}/call"
+    for client in clients.values():
+        joined = client.post(call, **csrf_headers(client))
+        assert joined.status_code == 200, joined.content
+    assert joined.json()["call"]["status"] == "active"

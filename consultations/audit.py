@@ -8,8 +8,7 @@ from django.db import models
 
 from medease import audit as medease_audit
 from medease.audit import audit_log, audit_log_rows
-from medease.context import current_request_id
-from medease.models import AuditAction, AuditEvent
+from medease.models import AuditAction
 
 __all__ = [
     "AuditAction",
@@ -52,31 +51,8 @@ def audit_typed_rows(
     *, request, action: str, rows: Iterable[tuple[str, object, int | None, int | None]]
 ) -> None:
     """One event per ``(object type, object id, patient id, organization id)``, of mixed
-    types, in one write (a page showing consultations and queue entries side by side).
-
-    ``medease.audit.audit_log_rows`` takes one object type per call, that is one write per
-    type; this is its mixed-type variant, through the same write path (the request's
-    transaction, the audit stream or one INSERT), until medease.audit offers one.
-    """
-    user = getattr(request, "user", None)
-    user_id = user.pk if user is not None and user.is_authenticated else None
-    ip = medease_audit._ip_or_none(request)
-    request_id = current_request_id()
-    events = [
-        AuditEvent(
-            user_id=user_id,
-            ip=ip,
-            action=action,
-            object_type=object_type,
-            object_id=str(object_id),
-            patient_id=patient_id,
-            organization_id=organization_id,
-            request_id=request_id if request_id != "-" else "",
-        )
-        for object_type, object_id, patient_id, organization_id in rows
-    ]
-    if events:
-        medease_audit._events_write(events)
+    types, in one write (a page showing consultations and queue entries side by side)."""
+    medease_audit.audit_log_typed_rows(request=request, action=action, rows=rows)
 
 
 def audit_objects(*, request, action: str, objects: Iterable[models.Model]) -> None:

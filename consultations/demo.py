@@ -86,6 +86,10 @@ def _first(users: list[User], prefix: str) -> User:
     return next((user for user in users if user.email.startswith(prefix)), users[0])
 
 
+def _visit_url(consultation: Consultation) -> str:
+    return f"{settings.SITE_URL}/visit/{consultation.pk}/"
+
+
 def _todays_visit(*, provider: User, patient: User, context: SeedContext) -> None:
     """A scheduled visit of this patient with this provider that can be joined right now.
 
@@ -93,10 +97,16 @@ def _todays_visit(*, provider: User, patient: User, context: SeedContext) -> Non
     slot from now on. Another one is written only once the previous one is over.
     """
     now = timezone.now()
-    if Consultation.objects.filter(
-        patient=patient, provider=provider, status__in=JOINABLE, scheduled_end__gt=now
-    ).exists():
+    existing = (
+        Consultation.objects.filter(
+            patient=patient, provider=provider, status__in=JOINABLE, scheduled_end__gt=now
+        )
+        .order_by("scheduled_start")
+        .first()
+    )
+    if existing is not None:
         context.existing += 1
+        context.progress(f"today's video visit: {_visit_url(existing)}")
         return
     tz = ZoneInfo(provider.timezone)
     end_of_day = datetime.combine(now.astimezone(tz).date() + timedelta(days=1), time(0), tz)
@@ -115,7 +125,7 @@ def _todays_visit(*, provider: User, patient: User, context: SeedContext) -> Non
         slot, _ = Slot.objects.get_or_create(
             provider=provider, start=start, defaults={"end": start + timedelta(minutes=minutes)}
         )
-    Consultation.objects.create(
+    visit = Consultation.objects.create(
         patient=patient,
         provider=provider,
         organization_id=provider.organization_id,
@@ -129,7 +139,7 @@ def _todays_visit(*, provider: User, patient: User, context: SeedContext) -> Non
     context.created += 1
     context.progress(
         f"created today's video visit of {patient.email} with {provider.email} "
-        f"at {slot.start.astimezone(tz):%H:%M}"
+        f"at {slot.start.astimezone(tz):%H:%M}: {_visit_url(visit)}"
     )
 
 

@@ -6,18 +6,19 @@
        websockets,    Celery worker, Celery beat ─┤     └─ streaming replica (:5433)
        round robin)                              └─► Redis (:6390: cache, rate limits,
                                                       channel layer, Celery broker)
+    coturn :3478 (TURN for video visits, use-auth-secret; the web nodes sign its credentials)
 
 ``up`` installs nginx with apt-get when it is missing, creates the database on the local
 PostgreSQL (``CLUSTER_DATABASE_URL``, default ``postgres://postgres@127.0.0.1:5432/
 medease_cluster``), migrates it, seeds the demo clinic, makes a streaming replica with
 scripts/cluster/pg_replica.py, starts its own redis-server, the two web nodes, one worker,
-one beat and nginx, waits until each answers, and prints the entry URL. ``down`` stops all
+one beat, coturn and nginx, waits until each answers, and prints the entry URL. ``down`` stops all
 of it and removes the replica (the database and its data stay for next time). ``status``
 says what runs. State, logs and the generated nginx.conf live in var/cluster/.
 
 Ports and paths can be changed with CLUSTER_PORT, CLUSTER_WEB_PORTS (comma list),
-CLUSTER_REDIS_PORT, CLUSTER_REPLICA_PORT and CLUSTER_REPLICA_DIR. Local and bounded: every
-wait has a timeout; everything listens on 127.0.0.1 only.
+CLUSTER_REDIS_PORT, CLUSTER_TURN_PORT, CLUSTER_REPLICA_PORT and CLUSTER_REPLICA_DIR. Local
+and bounded: every wait has a timeout; everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ PORT = int(os.environ.get("CLUSTER_PORT", "8080"))
 WEB_PORTS = [int(p) for p in os.environ.get("CLUSTER_WEB_PORTS", "8101,8102").split(",")]
 REDIS_PORT = int(os.environ.get("CLUSTER_REDIS_PORT", "6390"))
 REPLICA_PORT = int(os.environ.get("CLUSTER_REPLICA_PORT", "5433"))
+TURN_PORT = int(os.environ.get("CLUSTER_TURN_PORT", "3478"))
+# coturn's relay ports (UDP), a small range of its own on loopback.
+TURN_RELAY_PORTS = (49160, 49260)
 # Outside the repository: the postgres user must be able to reach it.
 REPLICA_DIR = Path(
     os.environ.get("CLUSTER_REPLICA_DIR", "/var/tmp/medease-cluster-replica")  # noqa: S108
@@ -208,15 +212,13 @@ def stop(name: str, *, grace: float = 15) -> None:
 # --- Pieces -----------------------------------------------------------------------------
 
 
-def ensure_nginx() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
-    if found:
-        return found
+def _apt_install(package: str) -> None:
     if os.geteuid() != 0:
-        raise SystemExit("nginx is not installed: run `sudo apt-get install -y nginx-light`")
-    log("installing nginx (apt-get) ...")
-    # Keep the package from starting a system-wide nginx on port 80: this cluster runs its
-    # own. policy-rc.d is the Debian way to say "do not start services" during an install.
+        raise SystemExit(f"{package} is not installed: run `sudo apt-get install -y {package}`")
+    log(f"installing {package} (apt-get) ...")
+    # Keep the package from starting a system-wide service (nginx on port 80, coturn on
+    # 3478): this cluster runs its own. policy-rc.d is the Debian way to say "do not start
+    # services" during an install.
     policy = Path("/usr/sbin/policy-rc.d")
     created = not policy.exists()
     if created:
@@ -225,11 +227,28 @@ def ensure_nginx() -> str:
     try:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         run(["apt-get", "update", "-qq"], env=env)
-        run(["apt-get", "install", "-y", "-qq", "nginx"], env=env)
+        run(["apt-get", "install", "-y", "-qq", package], env=env)
     finally:
         if created:
             policy.unlink(missing_ok=True)
+
+
+def ensure_nginx() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    if found:
+        return found
+    _apt_install("nginx")
     return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def ensure_coturn() -> str:
+    found = shutil.which("turnserver") or (
+        "/usr/bin/turnserver" if Path("/usr/bin/turnserver").exists() else ""
+    )
+    if found:
+        return found
+    _apt_install("coturn")
+    return shutil.which("turnserver") or "/usr/bin/turnserver"
 
 
 def secret_key() -> str:
@@ -241,13 +260,23 @@ def secret_key() -> str:
     return path.read_text().strip()
 
 
+def turn_secret() -> str:
+    """coturn's static auth secret, shared with the web nodes (TURN_SECRET)."""
+    path = STATE / "turn-secret"
+    if not path.exists():
+        STATE.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def cluster_env() -> dict[str, str]:
     database = urlparse(DATABASE_URL)
     replica_url = database._replace(netloc=f"{database.netloc.rsplit(':', 1)[0]}:{REPLICA_PORT}")
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_", "REDIS_", "CELERY_", "MEDEASE_", "DEBUG"))
+        if not k.startswith(("DATABASE_", "REDIS_", "CELERY_", "MEDEASE_", "DEBUG", "TURN_"))
     }
     env.update(
         PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
@@ -269,8 +298,42 @@ def cluster_env() -> dict[str, str]:
         # limits and audit rows see the real client (medease.ratelimit.client_ip).
         TRUSTED_PROXIES="127.0.0.1",
         LOG_FORMAT="text",
+        # Video visits: the web nodes hand out credentials for the cluster's coturn.
+        TURN_URLS=f"turn:127.0.0.1:{TURN_PORT}?transport=udp,turn:127.0.0.1:{TURN_PORT}?transport=tcp",
+        TURN_SECRET=turn_secret(),
     )
     return env
+
+
+def start_coturn(turnserver: str, env: dict[str, str]) -> None:
+    """coturn on loopback with the TURN REST shared secret (use-auth-secret), no TLS."""
+    spawn(
+        "coturn",
+        [
+            turnserver,
+            "-n",  # no config file: everything is on the command line
+            "--listening-ip=127.0.0.1",
+            "--relay-ip=127.0.0.1",
+            f"--listening-port={TURN_PORT}",
+            f"--min-port={TURN_RELAY_PORTS[0]}",
+            f"--max-port={TURN_RELAY_PORTS[1]}",
+            "--use-auth-secret",
+            f"--static-auth-secret={env['TURN_SECRET']}",
+            "--realm=medease.local",
+            "--no-tls",
+            "--no-dtls",
+            # Both browsers are on this machine: relaying to loopback peers is the point here
+            # (never in production; docs/operations.md, "TURN").
+            "--allow-loopback-peers",
+            "--no-cli",
+            "--log-file=stdout",
+            "--simple-log",
+            f"--db={STATE / 'turndb'}",
+            f"--pidfile={STATE / 'turnserver.pid'}",
+        ],
+        env,
+    )
+    wait_until(lambda: port_open(TURN_PORT), timeout=20, what="coturn")
 
 
 def prepare_database(env: dict[str, str]) -> None:
@@ -346,11 +409,12 @@ def write_nginx_conf() -> Path:
 def up(args: argparse.Namespace) -> None:
     if not Path(PYTHON).exists():
         raise SystemExit("no .venv: run `make install` first")
-    for port in (PORT, *WEB_PORTS, REDIS_PORT, REPLICA_PORT):
+    for port in (PORT, *WEB_PORTS, REDIS_PORT, REPLICA_PORT, TURN_PORT):
         owner = "ours" if pid_of_port_owner(port) else "another process"
         if port_open(port) and owner != "ours":
             raise SystemExit(f"port {port} is in use by {owner}; run `make cluster-stop` first")
     nginx = ensure_nginx()
+    turnserver = ensure_coturn()
     env = cluster_env()
     STATE.mkdir(parents=True, exist_ok=True)
 
@@ -377,6 +441,7 @@ def up(args: argparse.Namespace) -> None:
 
     prepare_database(env)
     start_replica()
+    start_coturn(turnserver, env)
 
     for index, port in enumerate(WEB_PORTS, start=1):
         spawn(
@@ -465,13 +530,15 @@ def up(args: argparse.Namespace) -> None:
 MedEase cluster is up: nginx on http://127.0.0.1:{PORT}/ balancing web nodes on
 {", ".join(f"127.0.0.1:{p}" for p in WEB_PORTS)} (HTTP and websockets), PostgreSQL primary
 {urlparse(DATABASE_URL).netloc} with a streaming replica on 127.0.0.1:{REPLICA_PORT},
-Redis on 127.0.0.1:{REDIS_PORT}, one Celery worker and one beat.
+Redis on 127.0.0.1:{REDIS_PORT}, one Celery worker and one beat, coturn (TURN) on
+127.0.0.1:{TURN_PORT}.
 
   Entry URL    http://127.0.0.1:{PORT}/
   API          http://127.0.0.1:{PORT}/api/v1/   (docs: /api/docs/)
   Health       http://127.0.0.1:{PORT}/health/ready
   Demo logins  staff@, provider1..3@, patient1..5@demo.medease.test / medease-demo-pass
   Smoke test   make cluster-smoke   (book and chat, the two participants on two nodes)
+  Video visit  http://127.0.0.1:{PORT}/visit/sign-in/   (README, "Hold a demo visit")
   Logs         var/cluster/logs/     Stop with: make cluster-stop
 """
     )
@@ -479,7 +546,7 @@ Redis on 127.0.0.1:{REDIS_PORT}, one Celery worker and one beat.
 
 def pid_of_port_owner(port: int) -> bool:
     """Whether one of our recorded processes is the likely owner of a port in use."""
-    names = {PORT: "nginx", REDIS_PORT: "redis"}
+    names = {PORT: "nginx", REDIS_PORT: "redis", TURN_PORT: "coturn"}
     names.update({p: f"web{i}" for i, p in enumerate(WEB_PORTS, start=1)})
     if port == REPLICA_PORT:
         return (REPLICA_DIR / "data" / "postmaster.pid").exists()
@@ -489,6 +556,7 @@ def pid_of_port_owner(port: int) -> bool:
 def down(args: argparse.Namespace) -> None:
     for name in ("nginx", "web1", "web2", *(f"web{i}" for i in range(3, 10)), "beat", "worker"):
         stop(name)
+    stop("coturn")
     stop("redis")
     if REPLICA_DIR.exists():
         subprocess.run(  # noqa: S603 - fixed argv, no shell
@@ -499,7 +567,7 @@ def down(args: argparse.Namespace) -> None:
 
 
 def status(args: argparse.Namespace) -> None:
-    for name in ("nginx", "web1", "web2", "worker", "beat", "redis"):
+    for name in ("nginx", "web1", "web2", "worker", "beat", "redis", "coturn"):
         pid = pid_of(name)
         print(f"{name:8} {'running, pid ' + str(pid) if pid else 'stopped'}")
     replica = (REPLICA_DIR / "data" / "postmaster.pid").exists()

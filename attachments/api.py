@@ -68,12 +68,43 @@ class ConsultationAttachmentsApi(APIView):
         attachment = services.attachment_create(
             uploader=request.user, consultation=consultation, **data.validated_data
         )
-        upload = get_store().upload_target(
-            key=attachment.storage_key, content_type=attachment.content_type
+        return _created(request, attachment)
+
+
+def _created(request, attachment: Attachment) -> Response:
+    """201 with the signed upload target of a pending attachment."""
+    upload = get_store().upload_target(
+        key=attachment.storage_key, content_type=attachment.content_type
+    )
+    upload["url"] = request.build_absolute_uri(upload["url"])
+    body = {"id": attachment.pk, "status": attachment.status, "upload": upload}
+    return _no_store(Response(AttachmentCreatedOutput(body).data, status=201))
+
+
+class PatientAttachmentsApi(APIView):
+    @extend_schema(
+        summary="Start an upload to a patient's record",
+        description="A treating provider or the clinic's staff adds a file to the record "
+        "outside any consultation; attach it to a record entry once completed.",
+        request=AttachmentCreateInput,
+        responses={
+            201: AttachmentCreatedOutput,
+            **error(403, "forbidden"),
+            **error(413, description="`too_large` or `quota_exceeded`, as for consultations."),
+            **error(415, description="`unsupported_media_type` or `unsupported_type`."),
+            **error(503),
+        },
+    )
+    def post(self, request, patient_id: int):
+        data = AttachmentCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        patient = consultation_selectors.patient_get_for_records(
+            user=request.user, patient_id=patient_id
         )
-        upload["url"] = request.build_absolute_uri(upload["url"])
-        body = {"id": attachment.pk, "status": attachment.status, "upload": upload}
-        return _no_store(Response(AttachmentCreatedOutput(body).data, status=201))
+        attachment = services.attachment_create_for_record(
+            uploader=request.user, patient=patient, **data.validated_data
+        )
+        return _created(request, attachment)
 
 
 class AttachmentCompleteApi(APIView):

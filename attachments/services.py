@@ -18,10 +18,11 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from accounts.models import Organization, User
+from accounts.models import Organization, Role, User
 from attachments.models import MAX_ATTACHMENTS_PER_ITEM, Attachment, AttachmentStatus
 from attachments.storage import get_store, store_errors
 from consultations import lifecycle
+from consultations import selectors as consultation_selectors
 from consultations.models import Consultation
 from medease.exceptions import ApplicationError, Conflict, Forbidden, InvalidInput, NotFound
 
@@ -77,15 +78,56 @@ def attachment_create(
             "Files can be attached only while the consultation is open.",
             code="consultation_closed",
         )
+    return _create_pending(
+        uploader=uploader,
+        consultation=consultation,
+        patient_id=consultation.patient_id,
+        organization_id=consultation.organization_id,
+        filename=filename,
+        content_type=content_type,
+        size=size,
+    )
+
+
+def attachment_create_for_record(
+    *, uploader: User, patient: User, filename: str, content_type: str, size: int
+) -> Attachment:
+    """Record a pending upload to a patient's record, outside any consultation (a letter, a
+    scan the clinic received), by a treating provider or the clinic's staff."""
+    if uploader.role not in (Role.PROVIDER, Role.STAFF) or not uploader.organization_id:
+        raise Forbidden("Only providers and clinic staff add files to a record.")
+    # NotFound unless the uploader's clinic treats the patient.
+    consultation_selectors.patient_get_for_records(user=uploader, patient_id=patient.pk)
+    return _create_pending(
+        uploader=uploader,
+        consultation=None,
+        patient_id=patient.pk,
+        organization_id=uploader.organization_id,
+        filename=filename,
+        content_type=content_type,
+        size=size,
+    )
+
+
+def _create_pending(
+    *,
+    uploader: User,
+    consultation: Consultation | None,
+    patient_id: int,
+    organization_id: int,
+    filename: str,
+    content_type: str,
+    size: int,
+) -> Attachment:
     _check_limits(content_type=content_type, size=size)
     quota = settings.ATTACHMENT_ORG_QUOTA_BYTES
     with transaction.atomic():
         # Serializes uploads of one clinic so two concurrent requests cannot both fit the
         # last bytes of the quota.
-        Organization.objects.select_for_update().filter(pk=consultation.organization_id).first()
+        Organization.objects.select_for_update().filter(pk=organization_id).first()
         used = (
             Attachment.objects.filter(
-                organization_id=consultation.organization_id,
+                organization_id=organization_id,
                 status__in=(AttachmentStatus.PENDING, AttachmentStatus.READY),
                 deleted_at__isnull=True,
             ).aggregate(total=Sum("size"))["total"]
@@ -100,12 +142,12 @@ def attachment_create(
         return Attachment.objects.create(
             uploader=uploader,
             consultation=consultation,
-            patient_id=consultation.patient_id,
-            organization_id=consultation.organization_id,
+            patient_id=patient_id,
+            organization_id=organization_id,
             filename=filename,
             content_type=content_type,
             size=size,
-            storage_key=_new_key(consultation.organization_id),
+            storage_key=_new_key(organization_id),
         )
 
 

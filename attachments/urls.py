@@ -12,6 +12,11 @@ urlpatterns = [
         name="consultation-attachments",
     ),
     path(
+        "patients/<int:patient_id>/attachments",
+        api.PatientAttachmentsApi.as_view(),
+        name="patient-attachments",
+    ),
+    path(
         "attachments/<int:attachment_id>/complete",
         api.AttachmentCompleteApi.as_view(),
         name="attachment-complete",

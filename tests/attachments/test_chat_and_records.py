@@ -207,3 +207,40 @@ def test_a_record_entry_carries_its_files(store_kind, clinic, token_client, tran
         (message,) = refused.json()["error"]["fields"]["attachments"]
         assert message.endswith(problem), message
     assert MedicalRecordEntry.objects.filter(patient=patient).count() == 1
+
+
+def test_the_clinic_uploads_to_a_record_and_attaches_it_to_an_entry(
+    store_kind, clinic, token_client, transfer, make_user, other_organization
+):
+    patient, staff = clinic["patient"], clinic["staff"]
+    staff_api = token_client(staff)
+    uploads = f"/api/v1/patients/{patient.pk}/attachments"
+    new_file = {"filename": "referral.pdf", "content_type": "application/pdf", "size": len(PDF)}
+    response = staff_api.post(uploads, new_file, format="json")
+    assert response.status_code == 201, response.content
+    assert "no-store" in response["Cache-Control"]
+    created = response.json()
+    assert transfer.put(created["upload"], PDF) == 200
+    assert staff_api.post(f"/api/v1/attachments/{created['id']}/complete").status_code == 200
+    attachment = Attachment.objects.get(pk=created["id"])
+    assert attachment.consultation_id is None
+    assert (attachment.patient_id, attachment.organization_id) == (
+        patient.pk,
+        staff.organization_id,
+    )
+
+    entry = staff_api.post(
+        f"/api/v1/patients/{patient.pk}/records",
+        {"kind": "note", "text": "Referral letter", "attachments": [created["id"]]},
+        format="json",
+    )
+    assert entry.status_code == 201, entry.content
+    listing = token_client(patient).get(f"/api/v1/patients/{patient.pk}/records").json()
+    (item,) = listing["results"][0]["attachments"]
+    assert transfer.get(item["download_url"])[:2] == (200, PDF)
+
+    # Another clinic does not treat this patient: 404, as for their record; a patient does
+    # not upload to a record (their files go through a consultation).
+    outsider = make_user("staff", organization=other_organization)
+    assert token_client(outsider).post(uploads, new_file, format="json").status_code == 404
+    assert token_client(patient).post(uploads, new_file, format="json").status_code == 403

@@ -13,6 +13,7 @@ the grant covers, and ``ws-ticket``.
 
 from __future__ import annotations
 
+from django.middleware.csrf import rotate_token
 from django.utils.crypto import constant_time_compare
 from rest_framework.authentication import SessionAuthentication
 
@@ -50,6 +51,7 @@ def grant_covers(request, consultation_id: int) -> bool:
 def grant_all(request, *, user: User) -> None:
     """After a full sign-in: every visit of the user (a new session key: no fixation)."""
     request.session.cycle_key()
+    rotate_token(request)  # as Django's login() does
     request.session[SESSION_KEY] = {
         "user": user.pk,
         "hash": user.get_session_auth_hash(),
@@ -67,6 +69,7 @@ def grant_one(request, *, user: User, consultation_id: int) -> None:
         grant["consultations"] = [*grant["consultations"], consultation_id]
     grant["hash"] = user.get_session_auth_hash()
     request.session.cycle_key()
+    rotate_token(request)
     request.session[SESSION_KEY] = grant
 
 

@@ -10,6 +10,7 @@ hours, retries) is skipped once its consultation was cancelled or moved.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -18,7 +19,6 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from consultations.models import Consultation, ConsultationStatus
-from visits import links as visit_links
 from workers import relevance
 from workers.models import Notification, NotificationKind
 from workers.services import notification_record
@@ -139,10 +139,24 @@ def notify_queue_called(*, entry) -> Notification | None:
 # --- Reminders ----------------------------------------------------------------------------
 
 
+# Apps above this one add to a reminder's payload (the video visits app: the patient's
+# join link, ``join_url``, which the reminder templates show when present). Registered at
+# start-up, so the dependency runs one way: visits imports consultations, never the reverse.
+ReminderExtras = Callable[[Consultation], dict]
+_reminder_extras: list[ReminderExtras] = []
+
+
+def reminder_extras_register(extras: ReminderExtras) -> None:
+    """Install ``extras(consultation) -> dict``, merged into every reminder's payload."""
+    if extras not in _reminder_extras:
+        _reminder_extras.append(extras)
+
+
 def _reminder_payload(consultation: Consultation) -> dict:
-    # The patient's join link: signed for this visit and this patient, expiring after it.
-    join_url = visit_links.join_url(consultation=consultation, user=consultation.patient)
-    return {**_consultation_payload(consultation), "join_url": join_url}
+    payload = _consultation_payload(consultation)
+    for extras in _reminder_extras:
+        payload.update(extras(consultation))
+    return payload
 
 
 def _reminder_key(consultation_id: int, kind: str, user_id: int) -> str:

@@ -6,8 +6,8 @@ class VisitsConfig(AppConfig):
     verbose_name = "Video visits"
 
     def ready(self) -> None:
-        from consultations import lifecycle
-        from visits import services
+        from consultations import lifecycle, notifications
+        from visits import links, services
         from workers.relevance import register_relevance_check
 
         # A consultation that closes ends its call (everyone still in is let go).
@@ -16,3 +16,5 @@ class VisitsConfig(AppConfig):
         register_relevance_check(
             kinds=[services.PROVIDER_ABSENT], check=services.provider_absent_still_true
         )
+        # Reminder e-mails carry the patient's join link to the visit page.
+        notifications.reminder_extras_register(links.reminder_extras)

@@ -57,3 +57,8 @@ def join_token_read(token: str) -> JoinLink | None:
     if timezone.now().timestamp() >= expires:
         return None
     return link
+
+
+def reminder_extras(consultation) -> dict:
+    """The patient's join link for a reminder's payload (consultations.notifications)."""
+    return {"join_url": join_url(consultation=consultation, user=consultation.patient)}

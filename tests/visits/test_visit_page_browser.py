@@ -1,8 +1,9 @@
 """The visit page in two real Chromium browsers (a patient and a provider) with fake cameras
-and microphones, against a real server (the Procfile's uvicorn) and a real coturn: both
-sign in, join, and their RTCPeerConnections, forced to relay-only ICE (``?relay=1``),
-connect through TURN with the remote video playing; the chat works both ways, the camera
-toggle mutes the track, and leaving shows in the other side's waiting room.
+and microphones, against a real server (the Procfile's uvicorn) and a real coturn: the
+provider signs in, the patient follows a reminder's join link, both join, and their
+RTCPeerConnections, forced to relay-only ICE (``?relay=1``), connect through TURN with the
+remote video playing; the chat works both ways, the camera toggle mutes the track, and
+leaving shows in the other side's waiting room.
 
 Without chromium or coturn the test skips on a laptop and fails under
 MEDEASE_REQUIRE_SERVICES=1 (CI). A failing step saves a screenshot of both pages under
@@ -25,6 +26,7 @@ from tests.browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, WAIT_SECONDS, 
 from tests.conftest import PASSWORD
 from tests.messaging.conftest import make_consultation
 from tests.visits.test_webrtc import TURN_SECRET, coturn, web_node  # noqa: F401 (fixture)
+from visits import links
 
 pytestmark = [
     pytest.mark.postgres,
@@ -40,7 +42,9 @@ CONNECT_SECONDS = 60  # ICE through TURN on two slow shared cores
 @pytest.fixture
 def server(transactional_db, tmp_path, coturn):  # noqa: F811 (the fixture imported above)
     turn_url, _log = coturn
-    with web_node(tmp_path, "visit", TURN_URLS=turn_url, TURN_SECRET=TURN_SECRET) as node:
+    # This process's SECRET_KEY, so the join links signed here work there.
+    extra = {"TURN_URLS": turn_url, "TURN_SECRET": TURN_SECRET, "SECRET_KEY": settings.SECRET_KEY}
+    with web_node(tmp_path, "visit", **extra) as node:
         yield node
 
 
@@ -130,8 +134,20 @@ def sign_in(driver, base: str, user, page: str) -> None:
     driver.find_element(By.NAME, "password").send_keys(PASSWORD)
     driver.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
     wait(driver, lambda d: d.current_url == f"{base}{page}")
-    # The page has loaded its call state and opened its socket.
+    page_ready(driver)
+
+
+def page_ready(driver) -> None:
+    """The page has loaded its call state and opened its socket."""
     wait(driver, lambda d: d.execute_script("return !!window.medeaseVisit?.socketOpen"))
+
+
+def follow_join_link(driver, base: str, consultation, user, page: str) -> None:
+    """The reminder e-mail's link: straight into the visit, no password."""
+    driver.get(f"{base}/visit/join/{links.join_token(consultation=consultation, user=user)}/")
+    wait(driver, lambda d: d.current_url == f"{base}/visit/{consultation.pk}/")
+    driver.get(f"{base}{page}")  # the same page, with the test's relay-only flag
+    page_ready(driver)
 
 
 def connection_state(driver) -> str | None:
@@ -192,9 +208,9 @@ def test_two_browsers_hold_a_visit_through_turn(server, chromium, step, make_use
     patient, provider = chromium("patient"), chromium("provider")
     both = {"patient": patient, "provider": provider}
 
-    with step("sign in", **both):
+    with step("the provider signs in, the patient follows the join link", **both):
         sign_in(provider, base, provider_user, page)
-        sign_in(patient, base, patient_user, page)
+        follow_join_link(patient, base, consultation, patient_user, page)
 
     with step("provider joins, the patient's waiting room shows it", **both):
         click(provider, "#join")

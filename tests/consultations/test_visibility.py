@@ -76,6 +76,13 @@ CASES: dict[str, dict[str, dict]] = {
             "body": {"filename": "a.pdf", "content_type": "application/pdf", "size": 10},
         }
     },
+    # A file for a patient's record: the clinics that treat the patient.
+    "patient-attachments": {
+        "post": {
+            "outsiders": NOT_FOUND,
+            "body": {"filename": "a.pdf", "content_type": "application/pdf", "size": 10},
+        }
+    },
     "attachment": {"get": {"outsiders": NOT_FOUND, "owner": "patient"}},
     "attachment-complete": {"post": {"outsiders": NOT_FOUND}},
     # Video visits (visits/urls.py): the consultation's people (GET: also its clinic's staff).

@@ -28,10 +28,11 @@ class BearerTokenAuthentication(BaseAuthentication):
             )
         try:
             raw = parts[1].decode("ascii")
-            facts = selectors.token_lookup(raw=raw)
+            # One cache round trip for the token's facts and its user's snapshot.
+            facts, cached = selectors.token_read(raw=raw)
             # Before the user row is read: a user who just wrote reads the primary.
             db_routing.pin_if_user_wrote_recently(facts.user_id)
-            user, token = selectors.token_user(facts=facts, raw=raw)
+            user, token = selectors.token_user(facts=facts, raw=raw, cached=cached)
         except UnicodeDecodeError:
             raise AuthenticationFailed("The token is invalid.", code="invalid_token") from None
         except NotAuthenticated as exc:

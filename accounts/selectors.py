@@ -17,8 +17,9 @@ def _invalid() -> NotAuthenticated:
     return NotAuthenticated("The token is invalid or has expired.", code="invalid_token")
 
 
-def token_lookup(*, raw: str) -> TokenFacts:
-    """The facts of a live token, from the shared cache or else the primary.
+def token_read(*, raw: str) -> tuple[TokenFacts, token_cache.Read]:
+    """The facts of a live token, from the shared cache or else the primary, and what the
+    cache held about its user (see token_user).
 
     The primary, never a replica: a token issued or revoked a moment ago must be seen as
     such. Revocation writes a tombstone that no fill or refresh can overwrite (see
@@ -27,13 +28,13 @@ def token_lookup(*, raw: str) -> TokenFacts:
     """
     digest = token_digest(raw)
     now = timezone.now()
-    cached = token_cache.get(digest)
-    if cached is token_cache.REVOKED:
+    cached = token_cache.read(digest)
+    if cached.facts is token_cache.REVOKED:
         raise _invalid()
-    if cached is not None:
-        if not cached.usable(now):
+    if cached.facts is not None:
+        if not cached.facts.usable(now):
             raise _invalid()
-        return cached
+        return cached.facts, cached
     token = AuthToken.objects.using(db_routing.PRIMARY).filter(digest=digest).first()
     if token is None or token.revoked_at is not None:
         raise _invalid()
@@ -47,29 +48,47 @@ def token_lookup(*, raw: str) -> TokenFacts:
     if not facts.usable(now):
         raise _invalid()
     token_cache.add(digest, facts)
-    return facts
+    return facts, cached
 
 
-def token_user(*, facts: TokenFacts, raw: str) -> tuple[User, AuthToken]:
+def token_lookup(*, raw: str) -> TokenFacts:
+    """The facts of a live token (token_read without the user snapshot)."""
+    return token_read(raw=raw)[0]
+
+
+def token_user(
+    *, facts: TokenFacts, raw: str, cached: token_cache.Read | None = None
+) -> tuple[User, AuthToken]:
     """The active user behind looked-up token facts, and an AuthToken handle for the request.
 
-    The user row is read through the router (a replica when one is healthy and the user has
-    not written recently); a replica that does not have the user yet falls back to the
-    primary. Tokens older than the user's last credential change are refused.
+    The user comes from the token's cached snapshot when ``cached`` (token_read's) holds a
+    current one; else from the primary, and is then cached (a snapshot filled from a lagging
+    replica would outlive the lag). With the cache disabled the row is read through the
+    router (a replica when one is healthy and the user has not written recently; a replica
+    that does not have the user yet falls back to the primary). Tokens older than the user's
+    last credential change are refused.
     """
-    user = User.objects.select_related("organization").filter(pk=facts.user_id).first()
-    if user is None:
-        user = (
-            User.objects.using(db_routing.PRIMARY)
-            .select_related("organization")
-            .filter(pk=facts.user_id)
-            .first()
-        )
+    digest = token_digest(raw)
+    user = cached.user if cached is not None else None
+    if user is None or user.pk != facts.user_id:
+        user = None
+        fill = cached is not None and settings.TOKEN_CACHE_SECONDS > 0
+        if not fill:
+            user = User.objects.select_related("organization").filter(pk=facts.user_id).first()
+        if user is None:
+            user = (
+                User.objects.using(db_routing.PRIMARY)
+                .select_related("organization")
+                .filter(pk=facts.user_id)
+                .first()
+            )
+        if user is not None and fill:
+            token_cache.user_add(digest, user, version=cached.user_version)
     if user is None or not user.is_active or facts.created_at < user.credentials_changed_at:
         raise _invalid()
     token = AuthToken(
         pk=facts.token_id,
-        digest=token_digest(raw),
+        digest=digest,
         user_id=user.pk,
         created_at=facts.created_at,
         expires_at=facts.expires_at,
@@ -86,7 +105,8 @@ def token_user(*, facts: TokenFacts, raw: str) -> tuple[User, AuthToken]:
 
 def token_resolve(*, raw: str) -> tuple[User, AuthToken]:
     """The user behind a raw bearer token, or NotAuthenticated."""
-    return token_user(facts=token_lookup(raw=raw), raw=raw)
+    facts, cached = token_read(raw=raw)
+    return token_user(facts=facts, raw=raw, cached=cached)
 
 
 def token_idle_expiry(*, token: AuthToken):

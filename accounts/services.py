@@ -16,6 +16,8 @@ from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, QuerySet
+from django.db.models.signals import post_save
+from django.dispatch import receiver
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -454,6 +456,49 @@ def tokens_purge_expired() -> int:
         revoked_at__lt=now - timezone.timedelta(days=1)
     ).delete()
     return deleted + stale_revoked
+
+
+# The token cache holds a snapshot of each token's user and organization
+# (accounts.token_cache). Any save of either outdates the snapshots of the user's live
+# tokens once it commits, whichever path saved it (these services, the console, the admin);
+# credential changes also revoke the tokens (tombstones), which wins over any snapshot.
+def _user_snapshots_outdate(*, tokens: QuerySet) -> None:
+    live = tokens.filter(revoked_at__isnull=True)
+    token_cache.users_changed(list(live.values_list("digest", flat=True)))
+
+
+def _snapshots_outdate_now_and_on_commit(
+    *, user_id: int | None = None, organization_id: int | None = None, using: str | None
+) -> None:
+    def outdate() -> None:
+        tokens = AuthToken.objects.using(db_routing.PRIMARY)
+        if user_id is not None:
+            tokens = tokens.filter(user_id=user_id)
+        else:
+            tokens = tokens.filter(user__organization_id=organization_id)
+        _user_snapshots_outdate(tokens=tokens)
+
+    # Now, so that this transaction's own later reads refill; and again once committed,
+    # since a request that read the old row meanwhile may have stored it under the first
+    # version (the second one outdates it).
+    outdate()
+    transaction.on_commit(outdate, using=using)
+
+
+@receiver(post_save, sender=User, dispatch_uid="accounts.user_snapshots_outdate")
+def _user_saved(sender, instance, created=False, update_fields=None, raw=False, **kwargs):
+    if raw or created or settings.TOKEN_CACHE_SECONDS <= 0:
+        return
+    if update_fields is not None and set(update_fields) <= {"last_login"}:
+        return  # not part of what authentication or the API reads
+    _snapshots_outdate_now_and_on_commit(user_id=instance.pk, using=kwargs.get("using"))
+
+
+@receiver(post_save, sender=Organization, dispatch_uid="accounts.org_snapshots_outdate")
+def _organization_saved(sender, instance, created=False, raw=False, **kwargs):
+    if raw or created or settings.TOKEN_CACHE_SECONDS <= 0:
+        return
+    _snapshots_outdate_now_and_on_commit(organization_id=instance.pk, using=kwargs.get("using"))
 
 
 # Listeners that close a user's open websockets when their credentials are revoked; the

@@ -45,7 +45,7 @@ def _spread(total: int, count: int) -> list[int]:
     return [total // count] * count
 
 
-@pytest.mark.parametrize(("role", "queries"), [("patient", 5), ("provider", 5), ("staff", 5)])
+@pytest.mark.parametrize(("role", "queries"), [("patient", 4), ("provider", 4), ("staff", 4)])
 def test_history_pins_its_queries_whatever_the_files(
     store_kind, clinic, token_client, django_assert_num_queries, files_per_page, role, queries
 ):
@@ -76,7 +76,7 @@ def test_history_pins_its_queries_whatever_the_files(
     assert all(item["download_url"] for item in carried)
 
 
-@pytest.mark.parametrize(("role", "queries"), [("patient", 5), ("provider", 6), ("staff", 6)])
+@pytest.mark.parametrize(("role", "queries"), [("patient", 4), ("provider", 5), ("staff", 5)])
 def test_record_list_pins_its_queries_whatever_the_files(
     store_kind, clinic, token_client, django_assert_num_queries, files_per_page, role, queries
 ):

@@ -92,11 +92,20 @@ def read_heavy_selects(nodes, clinic, slots, scale_db) -> tuple[Counter, int]:
 
 def test_every_read_endpoint_reads_the_replica(read_heavy_selects):
     """Each endpoint of the scenario ran SELECTs on the replica. The primary still serves
-    the first look-up of each token (then cached, see accounts/token_cache.py) and the
-    fills of cached lists, which read the primary on purpose (consultations/caching.py)."""
+    the first look-up of each token and its user (then cached, see accounts/token_cache.py)
+    and the fills of cached lists, which read the primary on purpose (consultations/caching.py).
+    Two endpoints read nothing else once the token's user is cached (the caller's profile,
+    the cached providers list): their only SELECTs are those first fills, on the primary."""
     _, by_endpoint = read_heavy_selects
-    missing = [endpoint for endpoint, counts in by_endpoint.items() if not counts["replica1"]]
+    fills_only = {"/api/v1/me", "/api/v1/providers"}
+    missing = [
+        endpoint
+        for endpoint, counts in by_endpoint.items()
+        if endpoint not in fills_only and not counts["replica1"]
+    ]
     assert missing == [], by_endpoint
+    for endpoint in fills_only:
+        assert set(by_endpoint[endpoint]) <= {"default"}, by_endpoint
 
 
 def test_read_heavy_scenario_runs_80_percent_of_all_selects_on_the_replica(read_heavy_selects):

@@ -3,7 +3,7 @@
 ``browser`` is a fresh browser per test (its own profile directory); ``step`` names the steps
 of a scenario: a failing step saves ``$MEDEASE_VAR_DIR/screenshots/<test>-<step>.png``.
 Without chromium the tests skip, except under MEDEASE_REQUIRE_SERVICES=1 (CI): they fail.
-Use it from a test module with ``from tests.browser import browser, step  # noqa: F401``.
+The root conftest registers this module as a plugin, so every test can ask for them.
 """
 
 from __future__ import annotations

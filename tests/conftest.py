@@ -16,6 +16,9 @@ from medease.cache import breaker as cache_breaker
 
 PASSWORD = "correct-horse-battery-staple"
 
+# The browser fixtures (``browser``, ``step``) for every test that drives Chromium.
+pytest_plugins = ["tests.browser"]
+
 
 def on_postgres() -> bool:
     return connection.vendor == "postgresql"

@@ -9,104 +9,21 @@ failing step leaves a screenshot in $MEDEASE_VAR_DIR/screenshots/<test>.png.
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
-import shutil
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import Role
+from tests.browser import element, wait_for
 from tests.conftest import PASSWORD
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-WAIT_SECONDS = 20  # two slow shared cores
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--window-size=1280,1000",
-)
 
 
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def _browser_missing() -> str | None:
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not (path.exists() and os.access(path, os.X_OK)):
-            return f"{path} is missing: install Debian's chromium and chromium-driver"
-    return None
-
-
-@pytest.fixture
-def browser(tmp_path):
-    missing = _browser_missing()
-    if missing:
-        if settings.REQUIRE_SERVICES:
-            pytest.fail(f"{missing} (`make browser-deps`); required under CI")
-        pytest.skip(missing)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    # Both paths are given, so Selenium Manager never looks for (or downloads) a driver.
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "driver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(WAIT_SECONDS)
-    yield driver
-    driver.quit()
-    shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
-
-
-@pytest.fixture
-def step(browser, request):
-    """``with step("what"):`` — on failure, a screenshot of the page and where it was."""
-    shots = Path(settings.VAR_DIR) / "screenshots"
-
-    @contextlib.contextmanager
-    def run(what: str):
-        try:
-            yield
-        except BaseException as exc:
-            shots.mkdir(parents=True, exist_ok=True)
-            path = shots / f"{request.node.name}.png"
-            browser.save_screenshot(str(path))
-            raise AssertionError(
-                f"step {what!r} failed at {browser.current_url} (screenshot: {path}): {exc}"
-            ) from exc
-
-    return run
-
-
-def wait_for(browser, condition):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(browser, WAIT_SECONDS).until(condition)
-
-
-def element(browser, css: str):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-
-    return wait_for(browser, ec.visibility_of_element_located((By.CSS_SELECTOR, css)))
 
 
 def code_from_key(key: bytes) -> str:

@@ -11,7 +11,6 @@ from django.utils import timezone
 from accounts.models import Role
 from consultations import services
 from consultations.models import Slot
-from tests.browser import browser, step  # noqa: F401 (fixtures for test_desk_browser.py)
 
 
 @pytest.fixture(autouse=True)

@@ -85,7 +85,7 @@ bench: install-dev
 	$(BIN)/python bench/http_floor.py $(BENCH_ARGS)
 
 ## cluster: nginx + two web nodes + a streaming replica + Redis + worker + beat, on this machine
-cluster: install
+cluster: install-dev
 	$(BIN)/python scripts/cluster/cluster.py up
 
 ## cluster-stop: stop everything `make cluster` started (the database is kept)

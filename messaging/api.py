@@ -21,7 +21,7 @@ from medease import db as db_routing
 from medease import ratelimit
 from medease.pagination import MAX_PAGE_SIZE
 from medease.schema import error
-from messaging import selectors, services
+from messaging import selectors, services, tickets
 from messaging.audit import audit_message_created
 from messaging.selectors import HISTORY_AUDIT_TYPE
 from messaging.serializers import (
@@ -31,6 +31,7 @@ from messaging.serializers import (
     MessageSendInput,
     MessageSendRequest,
     ReadInput,
+    TicketInput,
     TicketOutput,
     messages_with_urls,
 )
@@ -164,15 +165,30 @@ class ConsultationReadApi(APIView):
 
 
 class WsTicketApi(APIView):
-    """A single-use ticket, valid for MESSAGING_TICKET_TTL_SECONDS, to open a websocket."""
+    """A single-use ticket, valid for MESSAGING_TICKET_TTL_SECONDS, to open a websocket
+    (any of the user's consultations, or only ``{"consultation": id}``)."""
 
     @extend_schema(
         summary="Get a websocket ticket",
-        request=None,
-        responses={200: TicketOutput, **error(503)},
+        request=TicketInput,
+        responses={200: TicketOutput, **error(400), **error(404), **error(503)},
+        description=(
+            "The body is optional. With `consultation`, the ticket opens that "
+            "consultation's socket only (any other closes with 4403); a visit page session "
+            "opened by a join link must name one of its visits."
+        ),
     )
     def post(self, request):
-        ticket = services.ws_ticket_issue(user=request.user, token=request.auth)
+        consultation_id = _valid(TicketInput, request.data).get("consultation")
+        if consultation_id is not None:
+            # Someone else's consultation is 404 here already, not 4403 at connect.
+            consultation_get_for_user(user=request.user, consultation_id=consultation_id)
+        # ws_ticket_issue (messaging.services) takes no binding yet: the store directly.
+        ticket = tickets.ticket_store(
+            user_id=request.user.pk,
+            token_id=getattr(request.auth, "pk", None),
+            consultation_id=consultation_id,
+        )
         return Response(
             TicketOutput(
                 {"ticket": ticket, "expires_in": settings.MESSAGING_TICKET_TTL_SECONDS}

@@ -248,6 +248,10 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         if not self.user.is_authenticated:
             code = CLOSE_FORBIDDEN if auth_error == "origin_not_allowed" else CLOSE_UNAUTHENTICATED
             return await self._refuse(code)
+        bound = self.scope.get("ticket_consultation")
+        if bound is not None and bound != self.consultation_id:
+            # A ticket bound to another consultation (a join link's visit): not this one.
+            return await self._refuse(CLOSE_FORBIDDEN)
         try:
             after = self._after_param()
         except InvalidInput:

@@ -6,10 +6,11 @@
   the browser whatever page opens the socket, so these connections are accepted only from
   allowed origins (cross-site websocket hijacking).
 
-The result is ``scope["user"]`` (AnonymousUser when nothing authenticated) and
-``scope["auth_error"]``: ``None``, ``"bad_ticket"``, ``"no_credentials"``,
-``"mfa_required"`` (the consumer closes with 4401), ``"origin_not_allowed"`` (4403) or
-``"unavailable"`` (1013, try again).
+The result is ``scope["user"]`` (AnonymousUser when nothing authenticated),
+``scope["ticket_consultation"]`` (the consultation a ticket is bound to, else None: the
+consumer refuses any other with 4403) and ``scope["auth_error"]``: ``None``,
+``"bad_ticket"``, ``"no_credentials"``, ``"mfa_required"`` (the consumer closes with
+4401), ``"origin_not_allowed"`` (4403) or ``"unavailable"`` (1013, try again).
 
 A socket authenticated by a session lives no longer than the session: signing out of the
 console (``session_sockets_close``) closes it with 4401 on every node, through a channel-
@@ -64,10 +65,13 @@ def origin_allowed(scope: dict) -> bool:
 
 
 def _redeem_ticket(raw: str):
+    """(the ticket's user or None, the consultation it is bound to or None)."""
     binding = tickets.ticket_take(raw=raw)
     if binding is None:
-        return None
-    return selectors.ticket_user(user_id=binding["user_id"], token_id=binding.get("token_id"))
+        return None, None
+    user = selectors.ticket_user(user_id=binding["user_id"], token_id=binding.get("token_id"))
+    # Tickets stored before binding existed have no such key: unbound, as they were.
+    return user, binding.get("consultation_id")
 
 
 def _session_passed_mfa(user, session) -> bool:
@@ -154,6 +158,7 @@ class ChatAuthMiddleware(BaseMiddleware):
 
     async def __call__(self, scope, receive, send):
         scope = dict(scope)
+        scope["ticket_consultation"] = None
         scope["user"], scope["auth_error"], session_key = await self._authenticate(scope)
         if session_key is None:
             return await super().__call__(scope, receive, send)
@@ -173,17 +178,19 @@ class ChatAuthMiddleware(BaseMiddleware):
         return user, error
 
     async def _authenticate(self, scope: dict):
-        """(user, auth_error, the session key when a session authenticated the socket)."""
+        """(user, auth_error, the session key when a session authenticated the socket);
+        sets ``scope["ticket_consultation"]`` when a bound ticket authenticated it."""
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         ticket = (query.get("ticket") or [None])[0]
         if ticket is not None:
             try:
-                user = await database_sync_to_async(_redeem_ticket)(ticket)
+                user, consultation_id = await database_sync_to_async(_redeem_ticket)(ticket)
             except Exception:  # Redis or the database down: not the client's fault.
                 logger.exception("websocket ticket could not be checked")
                 return AnonymousUser(), "unavailable", None
             if user is None:
                 return AnonymousUser(), "bad_ticket", None
+            scope["ticket_consultation"] = consultation_id
             return user, None, None
         if scope.get("cookies", {}).get(settings.SESSION_COOKIE_NAME):
             if not origin_allowed(scope):

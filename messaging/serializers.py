@@ -137,6 +137,16 @@ class HistoryOutput(serializers.Serializer):
     next = serializers.URLField(allow_null=True)
 
 
+class TicketInput(serializers.Serializer):
+    consultation = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_ID,
+        required=False,
+        help_text="Bind the ticket to this consultation: it opens that consultation's socket "
+        "only. Required from a visit page session opened by a join link.",
+    )
+
+
 class TicketOutput(serializers.Serializer):
     ticket = serializers.CharField()
     expires_in = serializers.IntegerField(help_text="Seconds the ticket stays valid.")

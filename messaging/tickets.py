@@ -4,6 +4,10 @@ Browsers cannot set an Authorization header on a websocket, and a bearer token i
 ends up in access logs. So a client asks ``POST ws-ticket`` (bearer-authenticated) for a
 ticket and opens the socket with ``?ticket=``. The ticket is kept in Redis (the shared
 cache) for MESSAGING_TICKET_TTL_SECONDS under its SHA-256 digest, and taken exactly once.
+
+A ticket may be bound to one consultation: then it opens that consultation's socket only
+(the consumer closes any other with 4403). The visit page's join-link session gets only
+such tickets, so its one visit does not open the user's other visits' chats.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ def _key(raw: str) -> str:
     return _KEY.format(digest=hashlib.sha256(raw.encode()).hexdigest())
 
 
-def ticket_store(*, user_id: int, token_id: int | None) -> str:
-    """Create and store a ticket; the raw value is returned once."""
+def ticket_store(*, user_id: int, token_id: int | None, consultation_id: int | None = None) -> str:
+    """Create and store a ticket (for any consultation of the user when ``consultation_id``
+    is None); the raw value is returned once."""
     raw = secrets.token_urlsafe(32)
     try:
         caches[_CACHE_ALIAS].set(
             _key(raw),
-            {"user_id": user_id, "token_id": token_id},
+            {"user_id": user_id, "token_id": token_id, "consultation_id": consultation_id},
             timeout=settings.MESSAGING_TICKET_TTL_SECONDS,
         )
     except _STORE_ERRORS as exc:  # the client retries (503 + Retry-After), not a 500

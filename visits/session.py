@@ -8,13 +8,16 @@ session auth hash, as Django's own login checks) and with the user's deactivatio
 
 ``VisitSessionAuthentication`` lets the page call the API with that session, CSRF
 enforced, but only the endpoints the page needs: the call and the messages of a visit
-the grant covers, and ``ws-ticket``.
+the grant covers, and ``ws-ticket``. A grant scoped to some visits (a join link's) gets
+only tickets bound to one of them: a ticket for the user would open the sockets, and so
+the chats, of the user's other visits.
 """
 
 from __future__ import annotations
 
 from django.middleware.csrf import rotate_token
 from django.utils.crypto import constant_time_compare
+from rest_framework import exceptions, serializers
 from rest_framework.authentication import SessionAuthentication
 
 from accounts.models import User
@@ -22,6 +25,19 @@ from accounts.models import User
 SESSION_KEY = "visit_grant"
 # Endpoints the page calls, by URL name; those with a consultation_id must be covered.
 _API_NAMES = {"consultation-call", "consultation-messages", "ws-ticket"}
+_TICKET = "ws-ticket"
+# As the ticket body's own field (messaging.serializers.TicketInput, above this app).
+_MAX_ID = 2**63 - 1
+
+
+class _ScopedTicketInput(serializers.Serializer):
+    consultation = serializers.IntegerField(
+        min_value=1,
+        max_value=_MAX_ID,
+        error_messages={
+            "required": "This session opens only the visit of its link: name that visit."
+        },
+    )
 
 
 def _grant(request) -> dict | None:
@@ -95,4 +111,17 @@ class VisitSessionAuthentication(SessionAuthentication):
         if user is None:
             return None
         self.enforce_csrf(request)
+        if match.url_name == _TICKET:
+            _ticket_scope_check(request)
         return user, None
+
+
+def _ticket_scope_check(request) -> None:
+    """A grant scoped to some visits asks for a ticket bound to one of them (400 without
+    one, 404 for a visit outside the grant, as for someone else's)."""
+    if (_grant(request._request) or {}).get("all"):
+        return
+    serializer = _ScopedTicketInput(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    if not grant_covers(request._request, serializer.validated_data["consultation"]):
+        raise exceptions.NotFound()

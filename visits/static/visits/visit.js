@@ -118,7 +118,8 @@
   async function openSocket() {
     let ticket;
     try {
-      ({ ticket } = await api("POST", "ws-ticket"));
+      // Bound to this visit: a join link's session gets no ticket for the user's others.
+      ({ ticket } = await api("POST", "ws-ticket", { consultation: cfg.consultation }));
     } catch (error) {
       return retrySocket();
     }

@@ -1,4 +1,4 @@
-"""Input and output shapes of the attachments API (DESIGN.md, "Attachments")."""
+"""Input and output shapes of the attachments API (docs/api.md, "Attachments")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attachment routes under /api/v1/ (DESIGN.md, "Attachments"), and the embedded default's
+"""Attachment routes under /api/v1/ (docs/api.md, "Attachments"), and the embedded default's
 signed file URLs under /files/ (``file_urlpatterns``: no bearer token, no API body cap)."""
 
 from django.urls import path

@@ -1,4 +1,4 @@
-"""Input and output shapes of the clinic-core API (see DESIGN.md, "Shapes").
+"""Input and output shapes of the clinic-core API (docs/api.md, "Resources and endpoints").
 
 Datetimes are rendered in the caller's timezone (the views activate it), with their offset.
 """

@@ -1,4 +1,4 @@
-"""Chat REST API: history, send, read marker, websocket tickets (DESIGN.md, API contract).
+"""Chat REST API: history, send, read marker, websocket tickets (docs/api.md).
 
 Views are thin: parse, find the consultation through the caller-scoped selector (someone
 else's consultation is 404), call one service or selector, serialize, audit PHI reads.
@@ -21,7 +21,7 @@ from medease import db as db_routing
 from medease import ratelimit
 from medease.pagination import MAX_PAGE_SIZE
 from medease.schema import error
-from messaging import selectors, services, tickets
+from messaging import selectors, services
 from messaging.audit import audit_message_created
 from messaging.selectors import HISTORY_AUDIT_TYPE
 from messaging.serializers import (
@@ -183,11 +183,8 @@ class WsTicketApi(APIView):
         if consultation_id is not None:
             # Someone else's consultation is 404 here already, not 4403 at connect.
             consultation_get_for_user(user=request.user, consultation_id=consultation_id)
-        # ws_ticket_issue (messaging.services) takes no binding yet: the store directly.
-        ticket = tickets.ticket_store(
-            user_id=request.user.pk,
-            token_id=getattr(request.auth, "pk", None),
-            consultation_id=consultation_id,
+        ticket = services.ws_ticket_issue(
+            user=request.user, token=request.auth, consultation_id=consultation_id
         )
         return Response(
             TicketOutput(

@@ -1,5 +1,4 @@
-"""The consultation chat websocket, ``/ws/consultations/{id}/`` (DESIGN.md, "Websocket
-contract").
+"""The consultation chat websocket, ``/ws/consultations/{id}/`` (docs/api.md, "Websocket").
 
 The ASGI middleware (messaging.middleware) has authenticated the socket; this consumer
 authorizes it (``consultation_get_for_user``: participants and the clinic's staff) before

@@ -279,9 +279,12 @@ def read_marker_advance(*, consultation: Consultation, user: User, message_id: i
 # --- Websocket tickets and revocation ------------------------------------------------------
 
 
-def ws_ticket_issue(*, user: User, token=None) -> str:
-    """A single-use websocket ticket for the user (bound to the token that asked for it)."""
-    return tickets.ticket_store(user_id=user.pk, token_id=getattr(token, "pk", None))
+def ws_ticket_issue(*, user: User, token=None, consultation_id: int | None = None) -> str:
+    """A single-use websocket ticket for the user (bound to the token that asked for it and,
+    when given, to one consultation: any other socket with it closes 4403)."""
+    return tickets.ticket_store(
+        user_id=user.pk, token_id=getattr(token, "pk", None), consultation_id=consultation_id
+    )
 
 
 def user_sockets_close(*, user_id: int) -> None:

@@ -40,6 +40,7 @@ from consultations.models import Slot
 from medease.audit_stream import FIELD, GROUP
 from medease.models import AuditEvent
 from tests.procfile import PROCFILE, procfile_web_command
+from tests.webserver import START_TIMEOUT, database_url, free_port
 
 pytestmark = [
     pytest.mark.postgres,
@@ -49,25 +50,9 @@ pytestmark = [
 ]
 
 BASE_DIR = Path(settings.BASE_DIR)
-START_TIMEOUT = 90  # two slow shared cores
 DRAIN_TIMEOUT = 60
 CLIENTS = 4
 KILL_AFTER = 100  # responses answered between the two SIGKILLs
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def database_url(port: int | None = None) -> str:
-    params = connection.settings_dict
-    auth = params["USER"] or ""
-    if params.get("PASSWORD"):
-        auth += f":{params['PASSWORD']}"
-    host = params["HOST"] or "127.0.0.1"
-    return f"postgres://{auth}@{host}:{port or params['PORT'] or 5432}/{params['NAME']}"
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = DRAIN_TIMEOUT) -> None:

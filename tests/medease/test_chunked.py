@@ -5,18 +5,12 @@ the ASGI entry point must give it one, and refuse one over the limit with a 413.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import pytest
-from django.conf import settings
-from django.db import connection
 
-from tests.procfile import procfile_web_command
+from tests.webserver import web_node
 
 pytestmark = [
     pytest.mark.postgres,
@@ -25,70 +19,18 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 
-BASE_DIR = Path(settings.BASE_DIR)
-START_TIMEOUT = 90  # two slow shared cores
 BODY_LIMIT = 8 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def database_url() -> str:
-    params = connection.settings_dict
-    auth = params["USER"] or ""
-    if params.get("PASSWORD"):
-        auth += f":{params['PASSWORD']}"
-    host, port = params["HOST"] or "127.0.0.1", params["PORT"] or 5432
-    return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
 
 
 @pytest.fixture
 def server(transactional_db, tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),  # the test database: the test sees what it writes
-        "REDIS_URL": settings.REDIS_URL,
-        "MEDEASE_REQUIRE_SERVICES": "1",
-        "MEDEASE_VAR_DIR": str(tmp_path / "var"),
-        "DATABASE_REPLICA_URLS": "",
-        "DATABASE_POOL_MAX_SIZE": "2",
-        "API_MAX_BODY_BYTES": str(BODY_LIMIT),
-        "ATTACHMENT_MAX_BYTES": str(BODY_LIMIT),
-        "LOG_FORMAT": "text",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
-    }
-    log = tmp_path / "web.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            procfile_web_command(port), cwd=BASE_DIR, env=env, stdout=out, stderr=out
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health/live", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not up in {START_TIMEOUT}s:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield base, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    with web_node(
+        tmp_path,
+        API_MAX_BODY_BYTES=str(BODY_LIMIT),
+        ATTACHMENT_MAX_BYTES=str(BODY_LIMIT),
+        DATABASE_POOL_MAX_SIZE="2",
+    ) as node:
+        yield node
 
 
 def chunks(data: bytes, size: int = 100):

@@ -27,8 +27,7 @@ from accounts.demo import DEMO_DOMAIN, DEMO_PASSWORD
 from accounts.models import Role, User
 from consultations.models import Consultation, Slot
 from messaging.models import Message
-from tests.medease.test_chunked import database_url, free_port
-from tests.procfile import procfile_web_command
+from tests.webserver import web_node
 
 pytestmark = [
     pytest.mark.postgres,
@@ -39,7 +38,6 @@ pytestmark = [
 
 BASE_DIR = Path(settings.BASE_DIR)
 HERE = Path(__file__).parent
-START_TIMEOUT = 90  # two slow shared cores
 RUN_TIMEOUT = 300
 MAX_EXAMPLES = 20
 SEED = 20261125
@@ -63,48 +61,11 @@ def product(transactional_db, tmp_path):
     """The product as `make run` serves it, on this test's database and Redis, with the
     demo clinic seeded; yields its base URL."""
     call_command("seed_demo", force=True, verbosity=0)  # a test deployment
-    port = free_port()
-    env = {
-        **os.environ,
-        **RATE_ENV,
-        "DATABASE_URL": database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "MEDEASE_REQUIRE_SERVICES": "1",
-        "MEDEASE_VAR_DIR": str(tmp_path / "var"),
-        "DATABASE_REPLICA_URLS": "",
-        "DATABASE_POOL_MAX_SIZE": "4",
-        "LOG_FORMAT": "text",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
-    }
-    log = tmp_path / "web.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            procfile_web_command(port), cwd=BASE_DIR, env=env, stdout=out, stderr=out
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health/live", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not up in {START_TIMEOUT}s:\n{log.read_text()}")
-            time.sleep(0.2)
+    with web_node(tmp_path, **RATE_ENV, CELERY_BROKER_URL=settings.CELERY_BROKER_URL) as (
+        base,
+        _log,
+    ):
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def config_with_ids(directory: Path) -> Path:

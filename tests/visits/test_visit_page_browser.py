@@ -25,7 +25,8 @@ from accounts.models import Role
 from tests.browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, WAIT_SECONDS, browser_missing
 from tests.conftest import PASSWORD
 from tests.messaging.conftest import make_consultation
-from tests.visits.test_webrtc import TURN_SECRET, coturn, web_node  # noqa: F401 (fixture)
+from tests.visits.test_webrtc import TURN_SECRET, coturn  # noqa: F401 (fixture)
+from tests.webserver import web_node
 from visits import links
 
 pytestmark = [

@@ -10,9 +10,7 @@ under MEDEASE_REQUIRE_SERVICES=1 (CI).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import shutil
 import socket
 import statistics
@@ -22,24 +20,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from channels.db import database_sync_to_async
-from django.conf import settings
-from django.db import connection
-
-from accounts import services as account_services
-from accounts.models import Role
-from tests.messaging.conftest import make_consultation
-from tests.procfile import procfile_web_command
-
-aiortc = pytest.importorskip("aiortc")  # requirements-dev.txt pins it
-from aiortc import (  # noqa: E402
+from aiortc import (  # requirements-dev.txt pins it; missing is a failure, not a skip
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
     VideoStreamTrack,
 )
-from aiortc.rtcconfiguration import RTCIceTransportPolicy  # noqa: E402
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from accounts import services as account_services
+from accounts.models import Role
+from tests.messaging.conftest import make_consultation
+from tests.webserver import START_TIMEOUT, free_port, stop, web_node
 
 pytestmark = [
     pytest.mark.postgres,
@@ -48,28 +43,11 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 
-BASE_DIR = Path(settings.BASE_DIR)
-START_TIMEOUT = 90  # two slow shared cores
 TURN_SECRET = "medease-test-turn-secret"
 FRAMES = 10
 PINGS = 20  # within the per-connection event budget (30 per 10 s by default)
 
 db = database_sync_to_async
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def database_url() -> str:
-    params = connection.settings_dict
-    auth = params["USER"] or ""
-    if params.get("PASSWORD"):
-        auth += f":{params['PASSWORD']}"
-    host, port = params["HOST"] or "127.0.0.1", params["PORT"] or 5432
-    return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
 
 
 def wait_for_tcp(port: int, process: subprocess.Popen, log: Path, what: str) -> None:
@@ -85,15 +63,6 @@ def wait_for_tcp(port: int, process: subprocess.Popen, log: Path, what: str) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not up in {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -136,41 +105,6 @@ def coturn(tmp_path):
     try:
         wait_for_tcp(port, process, log, "turnserver")
         yield f"turn:127.0.0.1:{port}?transport=udp", log
-    finally:
-        stop(process)
-
-
-@contextlib.contextmanager
-def web_node(tmp_path: Path, name: str, **extra_env: str):
-    """The Procfile's web command on a free port, on the test database and Redis (so two
-    of them are two nodes of one cluster); yields its base URL and log."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),  # the test database: the server sees what we write
-        "REDIS_URL": settings.REDIS_URL,
-        "MEDEASE_REQUIRE_SERVICES": "1",
-        "MEDEASE_VAR_DIR": str(tmp_path / f"var-{name}"),
-        "DATABASE_REPLICA_URLS": "",
-        "DATABASE_POOL_MAX_SIZE": "4",
-        "LOG_FORMAT": "text",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
-        **extra_env,
-    }
-    log = tmp_path / f"web-{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            procfile_web_command(port), cwd=BASE_DIR, env=env, stdout=out, stderr=out
-        )
-    try:
-        wait_for_tcp(port, process, log, f"web server {name}")
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT
-        while httpx.get(f"{base}/health/live", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
-        yield base, log
     finally:
         stop(process)
 

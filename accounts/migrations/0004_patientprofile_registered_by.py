@@ -5,15 +5,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0003_mfa'),
+        ("accounts", "0003_mfa"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='patientprofile',
-            name='registered_by_organization',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='registered_patients', to='accounts.organization'),
+            model_name="patientprofile",
+            name="registered_by_organization",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="registered_patients",
+                to="accounts.organization",
+            ),
         ),
     ]

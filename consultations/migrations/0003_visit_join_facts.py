@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('consultations', '0002_postgres_guards'),
+        ("consultations", "0002_postgres_guards"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='consultation',
-            name='patient_joined_at',
+            model_name="consultation",
+            name="patient_joined_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='consultation',
-            name='provider_joined_at',
+            model_name="consultation",
+            name="provider_joined_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]

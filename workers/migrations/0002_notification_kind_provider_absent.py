@@ -4,15 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('workers', '0001_initial'),
+        ("workers", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='notification',
-            name='kind',
-            field=models.CharField(choices=[('booking_confirmed', 'Booking confirmed'), ('consultation_cancelled', 'Consultation cancelled'), ('consultation_rescheduled', 'Consultation rescheduled'), ('consultation_started', 'Consultation started'), ('no_show_marked', 'Marked as no-show'), ('provider_absent', 'Provider did not join the visit'), ('reminder_24h', 'Reminder, 24 hours before'), ('reminder_1h', 'Reminder, 1 hour before'), ('queue_called', 'You are next in the queue'), ('unread_messages', 'Unread messages')], max_length=32),
+            model_name="notification",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("booking_confirmed", "Booking confirmed"),
+                    ("consultation_cancelled", "Consultation cancelled"),
+                    ("consultation_rescheduled", "Consultation rescheduled"),
+                    ("consultation_started", "Consultation started"),
+                    ("no_show_marked", "Marked as no-show"),
+                    ("provider_absent", "Provider did not join the visit"),
+                    ("reminder_24h", "Reminder, 24 hours before"),
+                    ("reminder_1h", "Reminder, 1 hour before"),
+                    ("queue_called", "You are next in the queue"),
+                    ("unread_messages", "Unread messages"),
+                ],
+                max_length=32,
+            ),
         ),
     ]

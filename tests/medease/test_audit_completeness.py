@@ -170,6 +170,9 @@ ROUTES: dict[str, dict[str, object]] = {
     "consultation-attachments": {
         "post": (NOT_PHI, "answers an upload target; content is audited when a URL is handed out")
     },
+    "patient-attachments": {
+        "post": (NOT_PHI, "answers an upload target; content is audited when a URL is handed out")
+    },
     "attachment": {"get": phi("patient", "read", "attachment")},
     "attachment-complete": {
         "post": (COVERED, "tests/attachments/test_flow.py::test_the_whole_flow_keeps_the_bytes")

@@ -184,9 +184,8 @@ def test_history_query_count_is_constant(chat, token_client):
         assert response.status_code == 200 and len(response.json()["results"]) == limit
         counts[limit] = len(queries)
     assert counts[1] == counts[20] == counts[100], counts
-    # User (the token itself is cached), consultation, page, the page's attachments,
-    # audit row.
-    assert counts[1] <= 5, counts
+    # Consultation, page, the page's attachments, audit row (the user comes with the token).
+    assert counts[1] == 4, counts
 
 
 def test_history_reads_are_audited(chat, token_client):

@@ -134,10 +134,11 @@ def queue_wait_estimators(*, providers: list[User]) -> dict[int, object]:
     for provider_id, begun, done in recent:
         if done > begun:
             durations[provider_id].append((done - begun).total_seconds() / 60)
+    # Oldest first, so each provider's latest visit in progress is the one the dict keeps
+    # (portable: SQLite has no DISTINCT ON; a provider rarely has more than one).
     started = dict(
         Consultation.objects.filter(provider_id__in=ids, status=ConsultationStatus.IN_PROGRESS)
-        .order_by("provider_id", "-started_at")
-        .distinct("provider_id")
+        .order_by("started_at", "id")
         .values_list("provider_id", "started_at")
     )
     now = timezone.now()

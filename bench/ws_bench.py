@@ -16,19 +16,28 @@ Scenarios, run in interleaved rounds (relay, medease; then medease, relay; ...):
   its own socket at R messages/s; every one of the N sockets should get every message;
 * ``pairs``: C consultations with two sockets each (patient and provider); messages at an
   aggregate R/s for D seconds, spread over the consultations round-robin, each sent over
-  the websocket by one participant and delivered to the other.
+  the websocket by one participant and delivered to the other;
+* ``two-node``: the same pairs with every patient socket on one server process and every
+  provider socket on another, so each delivery crosses processes through Redis; both
+  processes are pinned to the same server core as the single-process runs (relay and
+  MedEase alike), and their CPU is added up;
+* ``idle``: N sockets (N/2 consultations x 2) open and quiet for S seconds: the server's
+  share of a core while idle (presence heartbeats and the like) and RSS per socket.
 
 Per run: p50/p99 delivery latency (client send to client receive), delivered fraction
 (within DELIVERY_DEADLINE of the last send), server CPU per delivery (utime+stime from
 /proc over the sending phase, divided by deliveries), RSS growth per idle socket; then
-the median over rounds and each as a ratio to the floor. Rate limits are raised through the
-environment (RATE_MESSAGE_USER, MESSAGING_WS_RATE_EVENTS).
+the median over rounds and each as a ratio to the floor, and issue 12's targets as
+pass/fail (``--issue12`` runs exactly its scenarios). Rate limits are raised through the
+environment (RATE_MESSAGE_USER, MESSAGING_WS_RATE_EVENTS). The bench raises its own
+RLIMIT_NOFILE for the sockets it opens; the servers inherit it.
 
 Everything is local and bounded: a redis-server of its own on a spare port, PostgreSQL
 (``DATABASE_URL``: a throwaway ``medease_wsbench_<random>`` database is created there and
 dropped) or SQLite in a temporary directory, loopback only, timeouts on every wait.
 
     .venv/bin/python bench/ws_bench.py --quick                 # a few minutes
+    .venv/bin/python bench/ws_bench.py --issue12 --rounds 2    # issue 12's targets
     .venv/bin/python bench/ws_bench.py --fanout-sockets 1000 --pairs 2500 --pairs-rate 250
     .venv/bin/python bench/ws_bench.py --quick --json var/ws_bench.json
 
@@ -41,6 +50,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import resource
 import secrets
@@ -131,6 +141,9 @@ class Run:
     cpu_us_per_delivery: float
     kib_per_socket: float
     connect_seconds: float
+    nodes: int = 1
+    idle_core_share: float | None = None  # idle runs: server CPU seconds per second
+    load1: float = 0.0  # the machine's 1-minute load average at the end of the run
 
 
 class Server:
@@ -279,7 +292,8 @@ class Bench:
             email="patient@bench.test", password=None, full_name="Bench Patient", validate=False
         )
         start = timezone.now() + timedelta(days=1)
-        count = max(self.args.pairs) + 1
+        count = max([*self.args.pairs, *self.args.two_node, *(n // 2 for n in self.args.idle)])
+        count += 1
         Consultation.objects.bulk_create(
             Consultation(
                 patient=self.patient,
@@ -313,10 +327,13 @@ class Bench:
     # --- Client side ---------------------------------------------------------------------
 
     async def open_sockets(
-        self, server: Server, rooms: list[int], tickets: list[str], sink, closed=None
+        self, servers, rooms: list[int], tickets: list[str], sink, closed=None, placement=None
     ):
-        """Open one socket per (room, ticket); ``sink(index, frame, time)`` gets every
-        frame, ``closed[index]`` the close code of a socket the server closed."""
+        """Open one socket per (room, ticket), on ``servers[placement[i]]`` (default: the
+        first); ``sink(index, frame, time)`` gets every frame, ``closed[index]`` the close
+        code of a socket the server closed."""
+        if isinstance(servers, Server):
+            servers = [servers]
         from websockets.asyncio.client import connect
 
         limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -331,6 +348,7 @@ class Bench:
                 closed.setdefault(index, ws.close_code)
 
         async def open_one(index: int) -> None:
+            server = servers[placement[index] if placement else 0]
             url = (
                 f"ws://127.0.0.1:{server.port}/ws/consultations/{rooms[index]}/"
                 f"?ticket={tickets[index]}"
@@ -367,14 +385,17 @@ class Bench:
         await self.close_sockets(sockets, readers)
 
     async def measure(
-        self, server: Server, scenario: str, round_: int, *, rooms, roles, plan, rate
-    ) -> Run:
-        """Open sockets (rooms[i], roles[i]), then send ``plan``: (sender index, recipient
-        indexes) per message, at ``rate`` messages/s."""
-        target = server.target
-        await self.warm(server, rooms[0])
+        self, servers: list[Server], scenario: str, round_: int, *, rooms, roles, plan, rate,
+        placement=None, idle_seconds: float = 0.0,
+    ) -> Run:  # fmt: skip
+        """Open sockets (rooms[i], roles[i]) on servers[placement[i]], then send ``plan``:
+        (sender index, recipient indexes) per message, at ``rate`` messages/s. With no plan,
+        measure the servers' CPU over ``idle_seconds`` of quiet instead."""
+        target = servers[0].target
+        for server in servers:
+            await self.warm(server, rooms[0])
         await asyncio.sleep(0.5)
-        rss_before = rss_kib(server.pid)
+        rss_before = sum(rss_kib(server.pid) for server in servers)
 
         arrivals: dict[str, dict[int, float]] = {}
         wanted: dict[str, set[int]] = {}
@@ -399,13 +420,23 @@ class Bench:
                 tickets.append((index, ticket))
         tickets = [ticket for _, ticket in sorted(tickets)]
         started = time.perf_counter()
-        sockets, readers = await self.open_sockets(server, rooms, tickets, sink, closed)
+        sockets, readers = await self.open_sockets(servers, rooms, tickets, sink, closed, placement)
         connect_seconds = time.perf_counter() - started
-        await asyncio.sleep(2.0)  # presence, groups, subscriptions settle
-        rss_idle = rss_kib(server.pid)
+        # Presence, groups, subscriptions settle (a few seconds more for thousands).
+        await asyncio.sleep(2.0 + len(rooms) / 1000)
+        rss_idle = sum(rss_kib(server.pid) for server in servers)
+
+        def cpu() -> float:
+            return sum(cpu_seconds(server.pid) for server in servers)
+
+        idle_core_share = None
+        if not plan:
+            cpu_before = cpu()
+            await asyncio.sleep(idle_seconds)
+            idle_core_share = round((cpu() - cpu_before) / idle_seconds, 4)
 
         sent_at: dict[str, float] = {}
-        cpu_before = cpu_seconds(server.pid)
+        cpu_before = cpu()
         begin = time.perf_counter()
         for n, (sender, recipients) in enumerate(plan):
             due = begin + n / rate
@@ -425,7 +456,7 @@ class Bench:
             if sum(len(v) for v in arrivals.values()) >= expected:
                 break
             await asyncio.sleep(0.02)
-        cpu_used = cpu_seconds(server.pid) - cpu_before
+        cpu_used = cpu() - cpu_before
 
         latencies = [
             (t - sent_at[client_id]) * 1000
@@ -459,33 +490,50 @@ class Bench:
             cpu_us_per_delivery=round(cpu_used * 1e6 / max(delivered, 1), 1),
             kib_per_socket=round((rss_idle - rss_before) / len(rooms), 1),
             connect_seconds=round(connect_seconds, 2),
+            nodes=len(servers),
+            idle_core_share=idle_core_share,
+            load1=round(os.getloadavg()[0], 2),
         )
 
-    async def fanout(self, server: Server, round_: int, size: int) -> Run:
+    async def fanout(self, servers: list[Server], round_: int, size: int) -> Run:
         room = self.consultations[0]
         # Index 0 is the sender (provider); 1..size the receiving sockets (patient).
         rooms = [room] * (size + 1)
         roles = ["provider"] + ["patient"] * size
         plan = [(0, range(1, size + 1))] * self.args.fanout_messages
         return await self.measure(
-            server, f"fanout {size}", round_, rooms=rooms, roles=roles, plan=plan,
+            servers, f"fanout {size}", round_, rooms=rooms, roles=roles, plan=plan,
             rate=self.args.fanout_rate,
         )  # fmt: skip
 
-    async def pairs(self, server: Server, round_: int, count: int) -> Run:
+    def pair_sockets(self, count: int) -> tuple[list[int], list[str]]:
         rooms, roles = [], []
         for room in self.consultations[1 : count + 1]:
             rooms += [room, room]
             roles += ["patient", "provider"]
+        return rooms, roles
+
+    async def pairs(self, servers: list[Server], round_: int, count: int) -> Run:
+        rooms, roles = self.pair_sockets(count)
         total = int(self.args.pairs_rate * self.args.pairs_seconds)
         plan = []
         for n in range(total):
             pair = n % count
             side = (n // count) % 2  # patient and provider take turns in each consultation
             plan.append((2 * pair + side, (2 * pair + 1 - side,)))
+        # Two nodes: patients on the first process, providers on the second.
+        placement = [index % 2 for index in range(len(rooms))] if len(servers) == 2 else None
+        name = f"pairs {count}x2 @{self.args.pairs_rate:g}/s"
         return await self.measure(
-            server, f"pairs {count}x2 @{self.args.pairs_rate:g}/s", round_, rooms=rooms,
-            roles=roles, plan=plan, rate=self.args.pairs_rate,
+            servers, name + (", 2 nodes" if placement else ""), round_, rooms=rooms,
+            roles=roles, plan=plan, rate=self.args.pairs_rate, placement=placement,
+        )  # fmt: skip
+
+    async def idle(self, servers: list[Server], round_: int, count: int) -> Run:
+        rooms, roles = self.pair_sockets(count // 2)
+        return await self.measure(
+            servers, f"idle {len(rooms)}", round_, rooms=rooms, roles=roles, plan=[],
+            rate=1.0, idle_seconds=self.args.idle_seconds,
         )  # fmt: skip
 
     # --- The whole run -------------------------------------------------------------------
@@ -501,19 +549,24 @@ class Bench:
             loop = self.loop
             for round_ in range(1, self.args.rounds + 1):
                 order = TARGETS if round_ % 2 else TARGETS[::-1]
-                jobs = [("fanout", size) for size in self.args.fanout_sockets]
-                jobs += [("pairs", count) for count in self.args.pairs]
-                for kind, size in jobs:
+                jobs = [("fanout", size, 1) for size in self.args.fanout_sockets]
+                jobs += [("pairs", count, 1) for count in self.args.pairs]
+                jobs += [("pairs", count, 2) for count in self.args.two_node]
+                jobs += [("idle", count, 1) for count in self.args.idle]
+                for kind, size, nodes in jobs:
                     for target in order:
                         # A fresh process per run: RSS per socket is not hidden by memory
                         # an earlier run freed, and runs do not inherit each other's state.
-                        log = self.tmp / f"{target}-{kind}-{size}-{round_}.log"
-                        servers[target] = Server(target, self.env, log, server_cpu)
-                        measure = self.fanout if kind == "fanout" else self.pairs
+                        for node in range(nodes):
+                            log = self.tmp / f"{target}-{kind}-{size}-{round_}-{node}.log"
+                            servers[(target, node)] = Server(target, self.env, log, server_cpu)
+                        mine = [servers[(target, node)] for node in range(nodes)]
+                        measure = {"fanout": self.fanout, "pairs": self.pairs, "idle": self.idle}
                         try:
-                            result = loop.run_until_complete(measure(servers[target], round_, size))
+                            result = loop.run_until_complete(measure[kind](mine, round_, size))
                         finally:
-                            stop(servers.pop(target).process)
+                            for node in range(nodes):
+                                stop(servers.pop((target, node)).process)
                         runs.append(result)
                         print(json.dumps(asdict(result)), flush=True)
         finally:
@@ -553,58 +606,167 @@ def summarize(runs: list[Run]) -> list[dict]:
             mine = [r for r in runs if r.scenario == scenario and r.target == target]
             if not mine:
                 continue
+
+            def fraction(r: Run, flagged: bool = False) -> float:
+                if not r.expected:
+                    return 1.0
+                return (r.delivered + (r.flagged if flagged else 0)) / r.expected
+
+            idle = [r.idle_core_share for r in mine if r.idle_core_share is not None]
             by_target[target] = {
                 "scenario": scenario,
                 "target": target,
                 "rounds": len(mine),
                 "sockets": mine[0].sockets,
+                "nodes": mine[0].nodes,
                 "messages": mine[0].messages,
-                "delivered": statistics.median(r.delivered / r.expected for r in mine),
-                "delivered_or_flagged": statistics.median(
-                    (r.delivered + r.flagged) / r.expected for r in mine
-                ),
+                "delivered": statistics.median(fraction(r) for r in mine),
+                "delivered_min": min(fraction(r) for r in mine),
+                "delivered_or_flagged": statistics.median(fraction(r, True) for r in mine),
+                "closed_by_server": sum(sum(r.closed_by_server.values()) for r in mine),
                 "p50_ms": statistics.median(r.p50_ms for r in mine),
                 "p99_ms": statistics.median(r.p99_ms for r in mine),
                 "cpu_us_per_delivery": statistics.median(r.cpu_us_per_delivery for r in mine),
                 "kib_per_socket": statistics.median(r.kib_per_socket for r in mine),
+                "idle_core_share": statistics.median(idle) if idle else None,
+                "load1": [r.load1 for r in mine],
             }
         floor = by_target.get("relay")
         for target, row in by_target.items():
             if floor and target != "relay":
-                for key in ("p50_ms", "p99_ms", "cpu_us_per_delivery", "kib_per_socket"):
-                    row[f"{key}_ratio"] = (
-                        round(row[key] / floor[key], 2) if floor[key] > 0 else float("nan")
-                    )
+                for key in (
+                    "p50_ms", "p99_ms", "cpu_us_per_delivery", "kib_per_socket", "idle_core_share"
+                ):  # fmt: skip
+                    mine, theirs = row[key], floor[key]
+                    if mine is None or theirs is None or math.isnan(mine) or not theirs > 0:
+                        continue
+                    row[f"{key}_ratio"] = round(mine / theirs, 2)
             rows.append(row)
     return rows
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Issue 12's targets, each checked on MedEase's row (ratios to the same run's floor)."""
+    by = {(row["scenario"], row["target"]): row for row in rows}
+    checks: list[dict] = []
+
+    def check(row: dict, goal: str, measured: str, ok: bool) -> None:
+        checks.append({"scenario": row["scenario"], "target": goal, "measured": measured,
+                       "pass": bool(ok)})  # fmt: skip
+
+    def ratio(row: dict, key: str) -> float:
+        return row.get(f"{key}_ratio", float("nan"))
+
+    for row in rows:
+        if row["target"] != "medease":
+            continue
+        scenario = row["scenario"]
+        if row["messages"]:
+            check(row, "every message delivered (worst round)", f"{row['delivered_min']:.2%}",
+                  row["delivered_min"] >= 1.0)  # fmt: skip
+        if scenario.startswith("fanout"):
+            check(row, "p99 <= 2x floor", f"{ratio(row, 'p99_ms'):g}x", ratio(row, "p99_ms") <= 2)
+            check(row, "p99 <= 50 ms", f"{row['p99_ms']:,.1f} ms", row["p99_ms"] <= 50)
+            check(row, "CPU / delivery <= 2x floor", f"{ratio(row, 'cpu_us_per_delivery'):g}x",
+                  ratio(row, "cpu_us_per_delivery") <= 2)  # fmt: skip
+        elif scenario.startswith("pairs") and row["nodes"] == 1:
+            check(row, "p99 <= 100 ms", f"{row['p99_ms']:,.1f} ms", row["p99_ms"] <= 100)
+            check(row, "CPU / delivery <= 2x floor", f"{ratio(row, 'cpu_us_per_delivery'):g}x",
+                  ratio(row, "cpu_us_per_delivery") <= 2)  # fmt: skip
+        elif scenario.startswith("pairs"):
+            single = by.get((scenario.removesuffix(", 2 nodes"), "medease"))
+            if single and single["cpu_us_per_delivery"] > 0:
+                cost = row["cpu_us_per_delivery"] / single["cpu_us_per_delivery"]
+                measured = f"{cost:.2f}x"
+                # The floor's own two-node cost, for reference (not a target).
+                relay = by.get((scenario, "relay"))
+                relay_single = by.get((single["scenario"], "relay"))
+                if relay and relay_single and relay_single["cpu_us_per_delivery"] > 0:
+                    reference = relay["cpu_us_per_delivery"] / relay_single["cpu_us_per_delivery"]
+                    measured += f" (relay {reference:.2f}x)"
+                check(row, "CPU / delivery <= 1.5x one process", measured, cost <= 1.5)
+        elif scenario.startswith("idle"):
+            check(row, "KiB / idle socket <= floor", f"{ratio(row, 'kib_per_socket'):g}x",
+                  ratio(row, "kib_per_socket") <= 1)  # fmt: skip
+            share = row["idle_core_share"]
+            check(row, "idle sockets < 5% of a core", f"{share:.1%}", share < 0.05)
+    return checks
 
 
 def table(rows: list[dict]) -> str:
     lines = [
         "| scenario | server | delivered (or flagged) | p50 ms | p99 ms | CPU µs / delivery "
-        "| KiB / idle socket |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| KiB / idle socket | idle CPU (core) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def cell(row: dict, key: str, digits: int = 1) -> str:
-        value = f"{row[key]:,.{digits}f}"
+    def cell(row: dict, key: str, digits: int = 1, percent: bool = False) -> str:
+        value = row[key]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        text = f"{value:.1%}" if percent else f"{value:,.{digits}f}"
         ratio = row.get(f"{key}_ratio")
-        return f"{value} ({ratio:g}x)" if ratio is not None else value
+        return f"{text} ({ratio:g}x)" if ratio is not None else text
 
     for row in rows:
+        delivered = "-"
+        if row["messages"]:
+            delivered = f"{row['delivered']:.1%} ({row['delivered_or_flagged']:.1%})"
         lines.append(
-            f"| {row['scenario']} | {row['target']} | {row['delivered']:.1%} "
-            f"({row['delivered_or_flagged']:.1%}) "
+            f"| {row['scenario']} | {row['target']} | {delivered} "
             f"| {cell(row, 'p50_ms')} | {cell(row, 'p99_ms')} "
-            f"| {cell(row, 'cpu_us_per_delivery', 0)} | {cell(row, 'kib_per_socket')} |"
+            f"| {cell(row, 'cpu_us_per_delivery', 0) if row['messages'] else '-'} "
+            f"| {cell(row, 'kib_per_socket')} | {cell(row, 'idle_core_share', percent=True)} |"
         )
     return "\n".join(lines)
+
+
+def targets_table(checks: list[dict]) -> str:
+    lines = ["| scenario | issue 12 target | MedEase | |", "|---|---|---:|---|"]
+    for check in checks:
+        verdict = "pass" if check["pass"] else "**FAIL**"
+        lines.append(
+            f"| {check['scenario']} | {check['target']} | {check['measured']} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+PRESETS = {
+    "quick": {
+        "fanout_sockets": [200], "fanout_messages": 30, "pairs": [250], "pairs_rate": 50.0,
+        "pairs_seconds": 8.0, "two_node": [250], "idle": [500], "idle_seconds": 10.0,
+    },
+    "full": {
+        "fanout_sockets": [200, 1000], "fanout_messages": 100, "pairs": [500, 2500],
+        "pairs_rate": 250.0, "pairs_seconds": 20.0, "two_node": [2500], "idle": [5000],
+        "idle_seconds": 30.0,
+    },
+    # Exactly issue 12's scenarios: 1,000 sockets at 10 messages/s; 2,500 x 2 at 250/s on
+    # one process and across two; 5,000 idle sockets for 30 s.
+    "issue12": {
+        "fanout_sockets": [1000], "fanout_messages": 100, "pairs": [2500], "pairs_rate": 250.0,
+        "pairs_seconds": 20.0, "two_node": [2500], "idle": [5000], "idle_seconds": 30.0,
+    },
+}  # fmt: skip
+
+
+def raise_open_files(sockets: int) -> None:
+    """Each socket is a descriptor here and one in the server (which inherits this limit)."""
+    wanted = 2 * sockets + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            print(f"warning: RLIMIT_NOFILE hard limit {hard} < {wanted}", file=sys.stderr)
+            wanted = hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda s: [int(n) for n in s.split(",") if n]  # noqa: E731
-    parser.add_argument("--quick", action="store_true", help="small sizes, 3 rounds")
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    preset.add_argument("--issue12", action="store_true", help="issue 12's scenarios only")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fanout-sockets", type=ints, default=None, help="e.g. 200,1000")
     parser.add_argument("--fanout-messages", type=int, default=None)
@@ -612,34 +774,45 @@ def main() -> None:
     parser.add_argument("--pairs", type=ints, default=None, help="consultations, e.g. 500,2500")
     parser.add_argument("--pairs-rate", type=float, default=None, help="aggregate messages/s")
     parser.add_argument("--pairs-seconds", type=float, default=None)
-    parser.add_argument("--json", help="write runs and summary as JSON here")
+    parser.add_argument(
+        "--two-node", type=ints, default=None, help="pairs across two processes, e.g. 2500"
+    )
+    parser.add_argument("--idle", type=ints, default=None, help="idle sockets, e.g. 5000")
+    parser.add_argument("--idle-seconds", type=float, default=None)
+    parser.add_argument("--json", help="write runs, summary and targets as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
-    quick = {
-        "fanout_sockets": [200], "fanout_messages": 30, "pairs": [250],
-        "pairs_rate": 50.0, "pairs_seconds": 8.0,
-    }  # fmt: skip
-    full = {
-        "fanout_sockets": [200, 1000], "fanout_messages": 100, "pairs": [500, 2500],
-        "pairs_rate": 250.0, "pairs_seconds": 20.0,
-    }  # fmt: skip
-    for key, value in (quick if args.quick else full).items():
+    chosen = "quick" if args.quick else "issue12" if args.issue12 else "full"
+    for key, value in PRESETS[chosen].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    wanted = (max(args.fanout_sockets, default=0) + 2 * max(args.pairs, default=0)) * 2 + 512
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, wanted), hard))
+    raise_open_files(
+        max([*(n + 1 for n in args.fanout_sockets), *(2 * n for n in args.pairs),
+             *(2 * n for n in args.two_node), *args.idle, 1])
+    )  # fmt: skip
 
     started = time.monotonic()
+    load_before = os.getloadavg()
     runs = Bench(args).run()
     rows = summarize(runs)
+    checks = targets(rows)
     print()
     print(table(rows))
-    print(f"\n{len(runs)} runs in {time.monotonic() - started:.0f} s")
+    print()
+    print(targets_table(checks))
+    load_after = os.getloadavg()
+    print(
+        f"\n{len(runs)} runs in {time.monotonic() - started:.0f} s; load average "
+        f"{' '.join(f'{n:.2f}' for n in load_before)} before, "
+        f"{' '.join(f'{n:.2f}' for n in load_after)} after; per run: "
+        f"{', '.join(f'{r.load1:g}' for r in runs)}"
+    )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"runs": [asdict(r) for r in runs], "summary": rows}, indent=2)
+            json.dumps(
+                {"runs": [asdict(r) for r in runs], "summary": rows, "targets": checks},
+                indent=2,
+            )
         )
 
 

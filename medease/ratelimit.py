@@ -3,18 +3,26 @@
 Each limit is named in ``settings.RATE_LIMITS`` as ``(rate, fail_open)``. When the cache
 cannot be reached a fail-open limit lets the request through and a fail-closed one answers
 503 (see docs/adr/0003-rate-limits.md for which is which and why).
+
+Fixed windows, counted in Redis: counting an event is one round trip (a Lua script that
+increments the counter and sets its expiry when it created it), checking one is a GET.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import ipaddress
 import logging
+import re
+import time
+import zlib
 from collections.abc import Callable
 
 from django.conf import settings
-from django_ratelimit.core import get_usage
+from django.core.cache import caches
+from redis.commands.core import Script
 from rest_framework.throttling import BaseThrottle
 
 from medease.exceptions import RateLimited, ServiceUnavailable
@@ -67,22 +75,98 @@ def client_ip(request) -> str:
     return hops[0] if hops else peer
 
 
-def _usage(request, *, name: str, key: KeyFunc, increment: bool):
+_PERIODS = {"s": 1, "m": 60, "h": 60 * 60, "d": 24 * 60 * 60}
+_RATE_RE = re.compile(r"^(\d+)/(\d*)([smhd]?)$")
+# A counter outlives its window by a few seconds, so a late increment still finds it.
+_EXPIRY_FUDGE_SECONDS = 5
+# One round trip per counted event: the increment, and the expiry when it created the key.
+_INCREMENT = """
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if n == tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return n
+"""
+_increment_script: Script | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _split_rate(rate: str) -> tuple[int, int]:
+    """``"20/10s"`` -> (20, 10): events allowed, window in seconds."""
+    match = _RATE_RE.match(rate.strip())
+    if match is None:
+        raise ValueError(f"bad rate {rate!r}: expected e.g. 10/15m")
+    count, multiplier, unit = match.groups()
+    return int(count), _PERIODS[unit or "s"] * int(multiplier or 1)
+
+
+def _window_end(value: str, period: int, now: int) -> int:
+    """When the current fixed window of this key ends.
+
+    The windows of django-ratelimit, which these limits used before (docs/adr/0003): aligned
+    on the epoch, shifted per key by a stable jitter so that all windows do not end at once.
+    """
+    if period == 1:
+        return now
+    end = now - (now % period) + (zlib.crc32(value.encode()) % period)
+    return end + period if end < now else end
+
+
+def _counter_key(name: str, rate: tuple[int, int], value: str, window: int) -> str:
+    # Hashed: key values can be e-mail addresses, which stay out of Redis key names. The
+    # same key as django-ratelimit's, so counters carry over a rolling deploy.
+    digest = hashlib.sha256(f"{name}{rate[0]}/{rate[1]}s{value}{window}".encode()).hexdigest()
+    return "rl:" + digest
+
+
+def _redis_client(cache):
+    """The raw Redis client behind a django-redis cache (None for other backends)."""
+    client = getattr(cache, "client", None)
+    get_client = getattr(client, "get_client", None)
+    return get_client(write=True) if get_client is not None else None
+
+
+def _count(key: str, *, increment: bool, period: int) -> int:
+    """The counter's value after adding 1 (``increment``) or 0, in one round trip."""
+    global _increment_script
+    cache = caches[settings.RATELIMIT_USE_CACHE]
+    client = _redis_client(cache)
+    if client is None:  # the local-memory cache of development without Redis
+        ttl = period + _EXPIRY_FUDGE_SECONDS
+        if cache.add(key, int(increment), ttl):
+            return int(increment)
+        return cache.incr(key) if increment else int(cache.get(key, 0))
+    full_key = cache.make_key(key)
+    if not increment:
+        value = client.get(full_key)
+        return int(value) if value is not None else 0
+    if _increment_script is None:
+        _increment_script = client.register_script(_INCREMENT)
+    ttl_ms = (period + _EXPIRY_FUDGE_SECONDS) * 1000
+    return int(_increment_script(keys=[full_key], args=[1, ttl_ms], client=client))
+
+
+def _usage(request, *, name: str, key: KeyFunc, increment: bool) -> dict | None:
+    if not settings.RATELIMIT_ENABLE:
+        return None
     rate, fail_open = settings.RATE_LIMITS[name]
+    limit, period = parsed = _split_rate(rate)
+    value = key(name, request)
+    now = int(time.time())
+    window = _window_end(value, period, now)
+    counter = _counter_key(name, parsed, value, window)
     try:
-        usage = get_usage(request, group=name, key=key, rate=rate, increment=increment)
+        count = _count(counter, increment=increment, period=period)
     except Exception as exc:  # Redis down or timing out: decide per limit.
         if fail_open:
             logger.warning("rate limit %s skipped, cache unavailable: %s", name, exc)
             return None
         logger.error("rate limit %s failed closed, cache unavailable: %s", name, exc)
         raise ServiceUnavailable(_UNAVAILABLE) from exc
-    if usage is not None and usage["time_left"] < 0 and usage["limit"] == 0:
-        # django-ratelimit's own "cache failed" answer (it swallows some errors itself).
-        if fail_open:
-            return None
-        raise ServiceUnavailable(_UNAVAILABLE)
-    return usage
+    return {
+        "count": count,
+        "limit": limit,
+        "should_limit": count > limit,
+        "time_left": window - now,
+    }
 
 
 def check(request, *, name: str, key: KeyFunc) -> None:

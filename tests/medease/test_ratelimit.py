@@ -1,0 +1,101 @@
+"""Rate-limit counters in Redis: one round trip per counted event, fixed windows, 429s."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.cache import caches
+from django.test import RequestFactory
+
+from medease import ratelimit
+from medease.exceptions import RateLimited
+
+pytestmark = pytest.mark.redis
+
+
+def _request(ip: str = "198.51.100.7"):
+    return RequestFactory().get("/api/v1/me", REMOTE_ADDR=ip)
+
+
+def _redis():
+    return caches["ratelimit"].client.get_client(write=True)
+
+
+def _calls(client) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    changed = {name: n - before.get(name, 0) for name, n in after.items()}
+    return {name: n for name, n in changed.items() if n and name not in ("info",)}
+
+
+def test_the_limit_answers_429_with_retry_after_within_the_window(settings):
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "login_ip": ("3/15m", False)}
+    request = _request()
+    for _ in range(3):
+        ratelimit.hit(request, name="login_ip", key=ratelimit.by_ip)
+    with pytest.raises(RateLimited) as refused:
+        ratelimit.hit(request, name="login_ip", key=ratelimit.by_ip)
+    assert 0 <= refused.value.retry_after <= 15 * 60
+    # check() does not count, and sees the limit used up; another address is untouched.
+    with pytest.raises(RateLimited):
+        ratelimit.check(request, name="login_ip", key=ratelimit.by_ip)
+    ratelimit.check(_request("198.51.100.8"), name="login_ip", key=ratelimit.by_ip)
+
+
+def test_a_counted_event_is_one_round_trip_and_sets_the_expiry(settings):
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "register_ip": ("5/h", False)}
+    client = _redis()
+    request = _request("203.0.113.9")
+    before = _calls(client)
+    ratelimit.hit(request, name="register_ip", key=ratelimit.by_ip)
+    first = _delta(before, _calls(client))
+    # EVALSHA (or EVAL when the script was not loaded yet: then a NOSCRIPT EVALSHA, a
+    # SCRIPT LOAD and the retry) with its INCRBY and PEXPIRE inside: no SET NX, no GET.
+    assert first.get("incrby") == 1 and first.get("pexpire") == 1, first
+    assert not {"set", "get", "setnx", "incr"} & set(first), first
+    before = _calls(client)
+    ratelimit.hit(request, name="register_ip", key=ratelimit.by_ip)
+    second = _delta(before, _calls(client))
+    assert second == {"evalsha": 1, "incrby": 1}, second  # the expiry is set once
+    keys = [key for key in client.scan_iter(match="*rl:*")]
+    assert len(keys) == 1
+    assert int(client.get(keys[0])) == 2
+    assert 0 < client.pttl(keys[0]) <= (60 * 60 + 5) * 1000
+
+
+def test_counters_are_shared_by_every_client_of_the_redis(settings):
+    """Two nodes are two Redis clients of one server: they count into the same window."""
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "message_user": ("4/10s", True)}
+    request = _request("192.0.2.10")
+    ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
+    ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
+    # A second node: its own connection pool and client on the same server.
+    first_node = _redis()
+    settings.CACHES = {**settings.CACHES}  # Django drops its cache clients: new ones
+    assert _redis() is not first_node
+    ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
+    ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
+    with pytest.raises(RateLimited):
+        ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
+
+
+def test_windows_are_fixed_per_key_and_end_within_one_period():
+    # The same key always ends its windows at the same offset; the end is never past now
+    # + period, and a new window starts once the old one ended.
+    ends = {ratelimit._window_end("user-1", 60, now) for now in range(1_000_020, 1_000_080)}
+    assert len(ends) <= 2
+    for now in range(1_000_000, 1_000_200):
+        end = ratelimit._window_end("user-1", 60, now)
+        assert now <= end <= now + 60
+    assert ratelimit._window_end("x", 1, 1_000_000) == 1_000_000
+
+
+def test_rates_parse_like_before():
+    assert ratelimit._split_rate("10/15m") == (10, 900)
+    assert ratelimit._split_rate("1200/m") == (1200, 60)
+    assert ratelimit._split_rate("20/10s") == (20, 10)
+    assert ratelimit._split_rate("5/") == (5, 1)
+    with pytest.raises(ValueError):
+        ratelimit._split_rate("ten per minute")

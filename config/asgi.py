@@ -2,11 +2,16 @@
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-# Django must be set up before the websocket stack imports models.
-django_asgi_app = get_asgi_application()
+# Django must be set up before the websocket stack imports models (what
+# get_asgi_application does, with our handler: one thread hand-off per request).
+django.setup(set_prefix=False)
+
+from medease.asgi import OneHopASGIHandler  # noqa: E402
+
+django_asgi_app = OneHopASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.backends.signals import connection_created
 from django.db.utils import InterfaceError, OperationalError
 
@@ -38,7 +39,11 @@ def _track_queries(execute, sql, params, many, context_):
 
 
 def _install_query_tracking(sender, connection, **kwargs) -> None:
-    if _track_queries not in connection.execute_wrappers:
+    # Only where it is needed: a wrapper around every query cost 2-6% of a request's CPU
+    # (docs/performance.md). Replica connections always (a failing replica must be noticed);
+    # the primary's only for the counts of diagnostics (tests, scale runs) or DEBUG.
+    needed = connection.alias != PRIMARY or settings.DB_ROUTING_DIAGNOSTICS or settings.DEBUG
+    if needed and _track_queries not in connection.execute_wrappers:
         connection.execute_wrappers.append(_track_queries)
 
 
@@ -46,7 +51,8 @@ connection_created.connect(_install_query_tracking, dispatch_uid="medease.db.tra
 
 
 def queries_by_alias(*, selects_only: bool = False) -> dict[str, int]:
-    """How many queries (or SELECTs) the current request or task ran on each alias so far."""
+    """How many queries (or SELECTs) the current request or task ran on each alias so far
+    (counted with DB_ROUTING_DIAGNOSTICS or DEBUG on; replicas' queries always)."""
     state = context.current_state()
     if state is None:
         return {}

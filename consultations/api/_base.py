@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from accounts.models import Role
 from consultations import selectors
-from consultations.serializers import ConsultationOutput
+from consultations.serializers import consultation_rows, consultation_values
 from medease.pagination import CursorPagination
 
 
@@ -40,9 +40,11 @@ class ClinicApiView(APIView):
 
     def consultation_body(self, consultation, *, status_code: int = 200) -> Response:
         user = self.request.user
-        unread = selectors.unread_count_for(user=user, consultation=consultation)
-        context = {"unread_counts": {consultation.pk: unread}, "clinician": is_clinician(user)}
-        return Response(ConsultationOutput(consultation, context=context).data, status=status_code)
+        unread = selectors.unread_counts_for(user=user, consultation_ids=[consultation.pk])
+        body = consultation_rows(
+            [consultation_values(consultation)], unread_counts=unread, clinician=is_clinician(user)
+        )[0]
+        return Response(body, status=status_code)
 
 
 def valid(serializer_cls, data):

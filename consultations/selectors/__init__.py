@@ -4,6 +4,8 @@ scoped by it (the models' ``visible_to``), so a view cannot forget: another user
 
 from consultations.selectors.consultations import (
     consultation_get_for_user,
+    consultation_row_get_for_user,
+    consultation_rows_for_user,
     consultations_for_user,
     unread_count_for,
     unread_counter_register,
@@ -41,6 +43,8 @@ __all__ = [
     "availability_exceptions",
     "availability_windows",
     "consultation_get_for_user",
+    "consultation_row_get_for_user",
+    "consultation_rows_for_user",
     "consultations_for_user",
     "dashboard_consultations",
     "dashboard_day",

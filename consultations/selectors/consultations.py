@@ -8,6 +8,7 @@ from django.db.models import QuerySet
 
 from accounts.models import User
 from consultations.models import Consultation
+from consultations.serializers import consultation_columns
 from medease.exceptions import NotFound
 
 
@@ -17,6 +18,29 @@ def consultations_for_user(*, user: User, status: str | None = None) -> QuerySet
     if status:
         queryset = queryset.filter(status=status)
     return queryset
+
+
+def consultation_rows_for_user(
+    *, user: User, clinician: bool, status: str | None = None
+) -> QuerySet[Consultation]:
+    """``consultations_for_user`` as ``values()`` rows with the body's columns only (see
+    ``serializers.consultation_rows``): no model instances, no unused related objects."""
+    queryset = Consultation.objects.visible_to(user)
+    if status:
+        queryset = queryset.filter(status=status)
+    return queryset.values(*consultation_columns(clinician=clinician))
+
+
+def consultation_row_get_for_user(*, user: User, consultation_id: int, clinician: bool) -> dict:
+    """One consultation's ``values()`` row (as ``consultation_rows_for_user``), or NotFound."""
+    rows = list(
+        consultation_rows_for_user(user=user, clinician=clinician)
+        .filter(pk=consultation_id)
+        .order_by()[:1]
+    )
+    if not rows:
+        raise NotFound("Consultation not found.")
+    return rows[0]
 
 
 def consultation_get_for_user(*, user: User, consultation_id: int) -> Consultation:

@@ -406,7 +406,8 @@ REST_FRAMEWORK = {
         "accounts.permissions.MfaEnrolled",
     ],
     "DEFAULT_PAGINATION_CLASS": "medease.pagination.CursorPagination",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # DRF's JSON, written by orjson (medease/renderers.py).
+    "DEFAULT_RENDERER_CLASSES": ["medease.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["medease.parsers.JSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["medease.ratelimit.ApiUserThrottle"],
     "EXCEPTION_HANDLER": "medease.exceptions.api_exception_handler",

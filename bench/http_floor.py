@@ -23,6 +23,11 @@ redis-server, and removes both at the end.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/http_floor.py
     .venv/bin/python bench/http_floor.py --quick              # smoke: 1 short round
+    .venv/bin/python bench/http_floor.py --fill large         # at size: manage.py fill_network
+    .venv/bin/python bench/http_floor.py --template medease_big  # a copy of a filled database
+
+At size (``--fill`` or ``--template``) the bench's own users and rows are the same as on demo
+data; only everything around them is larger, so the two runs compare like with like.
     .venv/bin/python bench/http_floor.py --json out.json --profile consultations,messages
 
 Results and conclusions: docs/performance.md.
@@ -413,6 +418,19 @@ def pyspy_profile(load: Load, node: ProcfileNode, endpoint: str, out: Path, seco
     return raw
 
 
+def fill_arguments(value: str) -> list[str]:
+    """``--fill`` as fill_network's options: "large" (its defaults) or four counts."""
+    if not value:
+        return []
+    if value == "large":
+        return ["--prefix", "benchfill"]
+    counts = value.split(",")
+    if len(counts) != 4 or not all(c.isdigit() for c in counts):
+        raise SystemExit("--fill: 'large' or providers,patients,consultations,messages")
+    names = ("--providers", "--patients", "--consultations", "--messages")
+    return ["--prefix", "benchfill", *(x for pair in zip(names, counts, strict=True) for x in pair)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
@@ -429,6 +447,17 @@ def main() -> None:
         default="",
         help="after the rounds, py-spy these endpoints under load (comma-separated)",
     )
+    parser.add_argument(
+        "--fill",
+        default="",
+        help="run at size: 'large' (fill_network's defaults: 200 providers, 100k patients, 1M "
+        "consultations, 10M messages) or providers,patients,consultations,messages",
+    )
+    parser.add_argument(
+        "--template",
+        default="",
+        help="run at size on a copy of this (migrated, filled) database on the same server",
+    )
     parser.add_argument("--profile-seconds", type=float, default=20.0)
     parser.add_argument("--profile-dir", default="var/bench-profile")
     args = parser.parse_args()
@@ -441,6 +470,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown endpoints: {sorted(unknown)}; choose from {ENDPOINTS}")
 
+    fill = fill_arguments(args.fill)
     parsed = urlparse(args.database_url)
     primary = Postgres(
         host=parsed.hostname or "127.0.0.1",
@@ -457,12 +487,16 @@ def main() -> None:
     measurements: list[Measurement] = []
     started = datetime.now(UTC)
     try:
-        primary.query(f'CREATE DATABASE "{database}"')
+        # A copy of a filled database takes a minute or two; filling it again, many more.
+        template = f' TEMPLATE "{args.template}"' if args.template else ""
+        primary.query(f'CREATE DATABASE "{database}"{template}')
         redis.start()
         env = node_environment(args, primary.url(database), redis, root / "var")
         print(f"setting up {database} ...", file=sys.stderr)
         manage(env, "migrate", "--noinput")
         manage(env, "seed_demo", "--force")
+        if fill:
+            manage(env, "fill_network", *fill, timeout=4 * 3600)
         data = last_json_line(
             run_django(
                 env,

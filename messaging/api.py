@@ -25,6 +25,8 @@ from messaging import selectors, services
 from messaging.audit import audit_message_created
 from messaging.selectors import HISTORY_AUDIT_TYPE
 from messaging.serializers import (
+    HISTORY_DEFAULT_LIMIT,
+    MAX_ID,
     HistoryInput,
     HistoryOutput,
     MessageOutput,
@@ -33,6 +35,7 @@ from messaging.serializers import (
     ReadInput,
     TicketInput,
     TicketOutput,
+    message_rows_with_urls,
     messages_with_urls,
 )
 
@@ -49,13 +52,41 @@ def _valid(serializer_class, data) -> dict:
     return serializer.validated_data
 
 
-def _next_url(request, *, page: list, more: bool, forward: bool) -> str | None:
-    if not more or not page:
+def _next_url(request, *, first, last, more: bool, forward: bool) -> str | None:
+    if not more or first is None:
         return None
     url = request.build_absolute_uri()
     if forward:
-        return replace_query_param(url, "after", page[-1].pk)
-    return replace_query_param(remove_query_param(url, "after"), "before", page[0].pk)
+        return replace_query_param(url, "after", last)
+    return replace_query_param(remove_query_param(url, "after"), "before", first)
+
+
+_HISTORY_BOUNDS = {"after": (0, MAX_ID), "before": (1, MAX_ID), "limit": (1, None)}
+
+
+def _history_params(query) -> tuple[int | None, int | None, int]:
+    """(after, before, limit) of a history request.
+
+    Plain decimal values are read here (HistoryInput through DRF cost more than the page
+    query); anything else (empty, signs, spaces, out of range) goes to HistoryInput, whose
+    answer, value or 400, stays the rule.
+    """
+    values: dict[str, int] = {}
+    for name, (low, high) in _HISTORY_BOUNDS.items():
+        text = query.get(name)
+        if text is None:
+            continue
+        if not (text.isascii() and text.isdigit() and len(text) <= 19):
+            break
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            break
+        values[name] = value
+    else:
+        limit = values.get("limit", HISTORY_DEFAULT_LIMIT)
+        return values.get("after"), values.get("before"), min(limit, MAX_PAGE_SIZE)
+    params = _valid(HistoryInput, query)
+    return params.get("after"), params.get("before"), min(params["limit"], MAX_PAGE_SIZE)
 
 
 class ConsultationMessagesApi(APIView):
@@ -73,27 +104,32 @@ class ConsultationMessagesApi(APIView):
         ),
     )
     def get(self, request, consultation_id: int):
-        params = _valid(HistoryInput, request.query_params)
-        limit = min(params["limit"], MAX_PAGE_SIZE)
-        after, before = params.get("after"), params.get("before")
-        consultation = consultation_get_for_user(user=request.user, consultation_id=consultation_id)
+        after, before, limit = _history_params(request.query_params)
+        consultation = selectors.chat_consultation(
+            user=request.user, consultation_id=consultation_id
+        )
         if before is not None and after is None:
             # Older pages never change: a replica serves them.
-            page, more = selectors.messages_page(
+            page, more = selectors.messages_rows_page(
                 consultation_id=consultation.pk, limit=limit, before=before
             )
         else:
             # The live edge (newest page, resync after an id) reads the primary: a message
             # announced over the websocket a moment ago must be in the answer.
             with db_routing.use_primary():
-                page, more = selectors.messages_page(
+                page, more = selectors.messages_rows_page(
                     consultation_id=consultation.pk, limit=limit, after=after, before=before
                 )
-        attachments = attachment_selectors.attachments_of_messages(
-            consultation_id=consultation.pk, message_ids=[message.pk for message in page]
+        with_files = [row.id for row in page if row.has_attachments and not row.deleted_at]
+        attachments = (
+            attachment_selectors.attachments_of_messages(
+                consultation_id=consultation.pk, message_ids=with_files
+            )
+            if with_files
+            else {}
         )
         url_rows: list = []
-        results = messages_with_urls(request, page, attachments, url_rows)
+        results = message_rows_with_urls(request, consultation.pk, page, attachments, url_rows)
         # The history read and every download URL handed out, in one audit write.
         audit_typed_rows(
             request=request,
@@ -110,7 +146,13 @@ class ConsultationMessagesApi(APIView):
         )
         body = {
             "results": results,
-            "next": _next_url(request, page=page, more=more, forward=after is not None),
+            "next": _next_url(
+                request,
+                first=page[0].id if page else None,
+                last=page[-1].id if page else None,
+                more=more,
+                forward=after is not None,
+            ),
         }
         return _no_store(Response(body))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
@@ -13,6 +16,8 @@ from messaging.models import MAX_BODY_LENGTH, MAX_CLIENT_ID_LENGTH, Message
 
 # Ids are bigint: anything larger would reach the database as an out-of-range error.
 MAX_ID = 2**63 - 1
+# A history page without ``limit``.
+HISTORY_DEFAULT_LIMIT = 20
 
 
 class MessageOutput(serializers.ModelSerializer):
@@ -51,12 +56,89 @@ class MessageOutput(serializers.ModelSerializer):
         return self.context.get("attachments", {}).get(message.pk, [])
 
 
+def _datetime(value: datetime | None) -> str | None:
+    # What DRF's DateTimeField answers (ISO 8601 in the current time zone, "Z" for UTC).
+    if value is None:
+        return None
+    text = value.astimezone(timezone.get_current_timezone()).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def message_json(
+    *,
+    id: int,
+    consultation_id: int,
+    sender_id: int,
+    body: str,
+    client_id: str,
+    created_at: datetime,
+    edited_at: datetime | None,
+    deleted_at: datetime | None,
+    attachments: list[dict],
+) -> dict:
+    """MessageOutput's JSON, built directly: serializing a history page field by field
+    through DRF cost a sixth of its CPU. MessageOutput stays the documented shape (the
+    OpenAPI schema); a test holds the two equal."""
+    return {
+        "id": id,
+        "consultation": consultation_id,
+        "sender": sender_id,
+        # A deleted message keeps its place in the history, not its text nor its files.
+        "body": "" if deleted_at else body,
+        "client_id": client_id,
+        "attachments": [] if deleted_at else attachments,
+        "created_at": _datetime(created_at),
+        "edited_at": _datetime(edited_at),
+        "deleted_at": _datetime(deleted_at),
+    }
+
+
+def message_output(message: Message, attachments: list[dict]) -> dict:
+    """:func:`message_json` of a Message instance, ``attachments`` already as JSON."""
+    return message_json(
+        id=message.pk,
+        consultation_id=message.consultation_id,
+        sender_id=message.sender_id,
+        body=message.body,
+        client_id=message.client_id,
+        created_at=message.created_at,
+        edited_at=message.edited_at,
+        deleted_at=message.deleted_at,
+        attachments=attachments,
+    )
+
+
 def message_payload(message: Message, attachments=()) -> dict:
     """The message as plain JSON types (for the channel layer and the websocket). Its
     attachments as metadata without URLs: those expire within minutes, and an event may
     sit in a buffer or be replayed later; clients get a URL from ``GET attachments/{id}``."""
-    context = {"attachments": {message.pk: attachment_output.metadata(attachments)}}
-    return dict(MessageOutput(message, context=context).data)
+    return message_output(message, attachment_output.metadata(attachments) if attachments else [])
+
+
+def message_rows_with_urls(
+    request, consultation_id: int, rows, attachments: dict, audit_rows: list
+) -> list[dict]:
+    """REST history: plain rows (``selectors.MessageRow``) as MessageOutput's JSON, with
+    their attachments' signed URLs; appends the audit row of each URL handed out."""
+    results = []
+    for row in rows:
+        found = attachments.get(row.id) if row.has_attachments and not row.deleted_at else None
+        results.append(
+            message_json(
+                id=row.id,
+                consultation_id=consultation_id,
+                sender_id=row.sender_id,
+                body=row.body,
+                client_id=row.client_id,
+                created_at=row.created_at,
+                edited_at=row.edited_at,
+                deleted_at=row.deleted_at,
+                attachments=(
+                    attachment_output.signed_bodies(request, found, audit_rows) if found else []
+                ),
+            )
+        )
+    return results
 
 
 def messages_with_urls(request, messages, attachments: dict, audit_rows: list) -> list[dict]:
@@ -129,7 +211,7 @@ class ReadInput(serializers.Serializer):
 class HistoryInput(serializers.Serializer):
     after = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False)
     before = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
-    limit = serializers.IntegerField(min_value=1, required=False, default=20)
+    limit = serializers.IntegerField(min_value=1, required=False, default=HISTORY_DEFAULT_LIMIT)
 
 
 class HistoryOutput(serializers.Serializer):

@@ -161,8 +161,9 @@ def test_patient_records_list(
 
 
 # +1 since messages carry their attachments (one query for the page's files), -1 since
-# the token cache holds the user (no user row).
-@pytest.mark.parametrize(("role", "queries"), [("patient", 4), ("provider", 4), ("staff", 4)])
+# the token cache holds the user (no user row), -1 since the page query tells whether any
+# message has files (none here: no file query; tests/attachments/test_link_queries.py).
+@pytest.mark.parametrize(("role", "queries"), [("patient", 3), ("provider", 3), ("staff", 3)])
 def test_consultation_messages_list(
     django_assert_num_queries, token_client, provider, staff, clinic, role, queries
 ):

@@ -1,0 +1,196 @@
+"""History and send answers built without DRF's field-by-field serializing: the same JSON as
+MessageOutput, the same parameters and visibility rules as before."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+from django.utils import timezone
+from rest_framework.utils.encoders import JSONEncoder
+
+from attachments.models import Attachment, AttachmentStatus
+from consultations.selectors import consultation_get_for_user
+from medease.exceptions import NotFound
+from medease.models import AuditEvent
+from messaging import selectors, services
+from messaging.models import Message
+from messaging.serializers import MessageOutput, message_payload
+
+pytestmark = pytest.mark.django_db
+
+
+def url(chat):
+    return f"/api/v1/consultations/{chat.consultation.pk}/messages"
+
+
+def as_json(data):
+    return json.loads(json.dumps(data, cls=JSONEncoder))
+
+
+def ready_file(chat, uploader) -> int:
+    return Attachment.objects.create(
+        uploader=uploader,
+        consultation=chat.consultation,
+        patient_id=chat.consultation.patient_id,
+        organization_id=chat.consultation.organization_id,
+        filename="scan.pdf",
+        content_type="application/pdf",
+        size=10,
+        status=AttachmentStatus.READY,
+        storage_key=f"attachments/test/{secrets.token_urlsafe(12)}",
+    ).pk
+
+
+def varied_chat(chat) -> list[Message]:
+    """Plain, edited, deleted, and a message whose created_at has no microseconds."""
+    sent = [
+        services.message_send(
+            consultation=chat.consultation,
+            sender=chat.patient if n % 2 else chat.provider,
+            body=f"message {n} ✓",
+            client_id=f"v-{n}",
+        )[0]
+        for n in range(5)
+    ]
+    now = timezone.now()
+    Message.objects.filter(pk=sent[1].pk).update(edited_at=now, body="edited")
+    Message.objects.filter(pk=sent[2].pk).update(deleted_at=now)
+    Message.objects.filter(pk=sent[3].pk).update(created_at=now.replace(microsecond=0))
+    return list(Message.objects.filter(consultation=chat.consultation).order_by("id"))
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York"])
+def test_history_json_is_message_outputs(chat, token_client, zone):
+    messages = varied_chat(chat)
+    with timezone.override(zone):
+        expected = as_json(MessageOutput(messages, many=True, context={"attachments": {}}).data)
+        answer = token_client(chat.patient).get(url(chat), {"limit": 50}).json()
+    assert answer["results"] == expected
+    assert answer["results"][2]["body"] == "" and answer["results"][2]["deleted_at"]
+    assert answer["results"][1]["edited_at"] and answer["results"][1]["body"] == "edited"
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
+def test_websocket_payload_is_message_output(chat, zone):
+    attachment_id = ready_file(chat, chat.patient)
+    message, _ = services.message_send(
+        consultation=chat.consultation,
+        sender=chat.patient,
+        body="with a file",
+        client_id="f-1",
+        attachment_ids=[attachment_id],
+    )
+    files = list(Attachment.objects.filter(pk=attachment_id))
+    from attachments import output
+
+    with timezone.override(zone):
+        expected = MessageOutput(
+            message, context={"attachments": {message.pk: output.metadata(files)}}
+        ).data
+        assert as_json(message_payload(message, files)) == as_json(expected)
+        assert message_payload(message)["attachments"] == []
+
+
+def test_a_deleted_message_hands_out_no_file_url_and_audits_none(chat, token_client):
+    kept = ready_file(chat, chat.patient)
+    gone = ready_file(chat, chat.patient)
+    first, _ = services.message_send(
+        consultation=chat.consultation,
+        sender=chat.patient,
+        body="kept",
+        client_id="k",
+        attachment_ids=[kept],
+    )
+    second, _ = services.message_send(
+        consultation=chat.consultation,
+        sender=chat.patient,
+        body="gone",
+        client_id="g",
+        attachment_ids=[gone],
+    )
+    Message.objects.filter(pk=second.pk).update(deleted_at=timezone.now())
+    results = token_client(chat.provider).get(url(chat)).json()["results"]
+    by_id = {item["id"]: item for item in results}
+    assert [a["id"] for a in by_id[first.pk]["attachments"]] == [kept]
+    assert by_id[first.pk]["attachments"][0]["download_url"]
+    assert by_id[second.pk]["attachments"] == [] and by_id[second.pk]["body"] == ""
+    audited = set(
+        AuditEvent.objects.filter(object_type="attachment").values_list("object_id", flat=True)
+    )
+    assert audited == {str(kept)}
+
+
+@pytest.mark.parametrize(
+    ("params", "count"),
+    [
+        ({}, 20),  # the default
+        ({"limit": "7"}, 7),
+        ({"limit": "7.0"}, 7),  # DRF's integer rules, through HistoryInput
+        ({"limit": ""}, 20),  # empty: the default, as HistoryInput has it
+        ({"limit": " 7"}, 7),
+        ({"limit": "\uff17"}, 7),  # a fullwidth 7: not ASCII, so HistoryInput reads it
+        ({"limit": "500"}, 100),  # capped
+        ({"limit": "3", "after": "0"}, 3),
+        ({"limit": "3", "unknown": "x"}, 3),
+    ],
+)
+def test_history_parameters_read_as_before(chat, token_client, params, count):
+    services_fill(chat, 120)
+    response = token_client(chat.patient).get(url(chat), params)
+    assert response.status_code == 200, response.content
+    assert len(response.json()["results"]) == count
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": "0"},
+        {"limit": "-1"},
+        {"after": str(2**63)},
+        {"before": "0"},
+        {"after": "x"},
+    ],
+)
+def test_bad_history_parameters_are_the_serializers_400(chat, token_client, params):
+    response = token_client(chat.patient).get(url(chat), params)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and set(error["fields"]) == set(params)
+
+
+def services_fill(chat, count):
+    for n in range(count):
+        services.message_send(
+            consultation=chat.consultation,
+            sender=chat.patient if n % 2 else chat.provider,
+            body=f"m{n}",
+            client_id=f"fill-{n}",
+        )
+
+
+def test_chat_consultation_follows_consultation_visibility(chat, outsiders, make_user):
+    from accounts.models import Role
+
+    admin = make_user(Role.PATIENT)
+    admin.is_superuser = True
+    admin.save(update_fields=["is_superuser"])
+    pk = chat.consultation.pk
+    for user in (chat.patient, chat.provider, chat.staff, admin):
+        found = selectors.chat_consultation(user=user, consultation_id=pk)
+        full = consultation_get_for_user(user=user, consultation_id=pk)
+        assert found == (
+            full.pk,
+            full.patient_id,
+            full.provider_id,
+            full.organization_id,
+            full.status,
+        )
+    for user in outsiders.values():
+        with pytest.raises(NotFound):
+            selectors.chat_consultation(user=user, consultation_id=pk)
+        with pytest.raises(NotFound):
+            consultation_get_for_user(user=user, consultation_id=pk)
+    with pytest.raises(NotFound):
+        selectors.chat_consultation(user=chat.patient, consultation_id=pk + 10_000)

@@ -354,7 +354,8 @@ class Bench:
                 f"?ticket={tickets[index]}"
             )
             async with limit:
-                ws = await connect(url, open_timeout=120, max_size=2**20)
+                # No client pings: browsers send none (the server's keepalive pings remain).
+                ws = await connect(url, open_timeout=120, max_size=2**20, ping_interval=None)
             sockets[index] = ws
             readers.append(asyncio.ensure_future(read(index, ws)))
 

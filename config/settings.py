@@ -293,6 +293,11 @@ AUDIT_STREAM_SOCKET_TIMEOUT = _positive_float("AUDIT_STREAM_SOCKET_TIMEOUT", 0.5
 AUDIT_FLUSH_BATCH = _positive_int("AUDIT_FLUSH_BATCH", 500)
 AUDIT_FLUSH_BLOCK_MS = _positive_int("AUDIT_FLUSH_BLOCK_MS", 1000)
 AUDIT_FLUSH_CLAIM_IDLE_SECONDS = _positive_float("AUDIT_FLUSH_CLAIM_IDLE_SECONDS", 30.0)
+# After a batch smaller than AUDIT_FLUSH_BATCH the flusher waits this long before reading
+# again, so that under light load it writes a few events per transaction, not one (0: no wait).
+AUDIT_FLUSH_LINGER_MS = env.int("AUDIT_FLUSH_LINGER_MS", default=100)
+if AUDIT_FLUSH_LINGER_MS < 0:
+    raise ImproperlyConfigured("AUDIT_FLUSH_LINGER_MS must be 0 or more.")
 
 RATELIMIT_USE_CACHE = "ratelimit"
 RATELIMIT_ENABLE = env.bool("RATELIMIT_ENABLE", default=True)

@@ -113,8 +113,13 @@ class Flusher:
         self.batch = settings.AUDIT_FLUSH_BATCH
         self.block_ms = settings.AUDIT_FLUSH_BLOCK_MS
         self.claim_idle_ms = int(settings.AUDIT_FLUSH_CLAIM_IDLE_SECONDS * 1000)
+        self.linger = settings.AUDIT_FLUSH_LINGER_MS / 1000
         self._next_claim = 0.0
         self._group_ready = False
+        # Whether this consumer may hold entries it read and did not acknowledge: at start
+        # (a previous run under this name died) and after a failed write. Otherwise the
+        # read of its own pending entries is skipped, a round trip less per batch.
+        self._own_pending = True
 
     def _ensure_group(self) -> None:
         if self._group_ready:
@@ -131,10 +136,12 @@ class Flusher:
         self._ensure_group()
         # What this consumer read before and did not acknowledge (a failed INSERT, or a
         # previous run under the same name that died) comes first.
-        own = self.client.xreadgroup(GROUP, self.consumer, {self.key: "0"}, count=self.batch)
-        entries = own[0][1] if own else []
-        if entries:
-            return entries
+        if self._own_pending:
+            own = self.client.xreadgroup(GROUP, self.consumer, {self.key: "0"}, count=self.batch)
+            entries = own[0][1] if own else []
+            if entries:
+                return entries  # the next read looks again, until none is left
+            self._own_pending = False
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + self.claim_idle_ms / 1000 / 2
             # Entries a dead consumer (another host, or a renamed one) left pending.
@@ -191,12 +198,17 @@ class Flusher:
         entries = self._read(block=block)
         if not entries:
             return 0, 0
-        return len(entries), self._write(entries)
+        try:
+            return len(entries), self._write(entries)
+        except BaseException:
+            self._own_pending = True  # read, not acknowledged: re-read them first
+            raise
 
     def drain(self) -> int:
         """Flush until nothing is left to read now (``audit_flush --once``); events written."""
         total = 0
         self._next_claim = 0.0
+        self._own_pending = True
         while True:
             entries, written = self.flush_once(block=False)
             if not entries:
@@ -208,11 +220,17 @@ class Flusher:
         delay = 0.5
         while not stop.is_set():
             try:
-                self.flush_once()
+                entries, _written = self.flush_once()
                 delay = 0.5
+                if 0 < entries < self.batch and self.linger:
+                    # A short batch: let the next one gather for a moment rather than pay
+                    # a read, a transaction and an acknowledgement per event or two (the
+                    # events are durable in the stream already; only the table waits).
+                    stop.wait(self.linger)
             except (redis.RedisError, OSError) as exc:
                 logger.warning("audit flush: Redis unavailable, retrying in %.1fs: %s", delay, exc)
                 self._group_ready = False
+                self._own_pending = True
                 stop.wait(delay)
                 delay = min(delay * 2, 10.0)
             except Exception as exc:  # the database: entries stay pending and are retried

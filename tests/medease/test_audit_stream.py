@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import timedelta
 
@@ -259,3 +260,69 @@ def test_mixed_types_go_through_the_stream_in_one_entry(stream, consultation):
         ("consultation", str(consultation.pk)),
         ("queue_entry", "7"),
     ]
+
+
+# The flusher's round trips per batch: its own pending entries are read again only when it
+# may hold some (at start, after a failed write), not before every batch.
+
+
+def _xreadgroups(client) -> int:
+    return client.info("commandstats").get("cmdstat_xreadgroup", {}).get("calls", 0)
+
+
+def test_a_steady_flusher_reads_new_entries_only(stream, consultation, patient_client):
+    url = f"/api/v1/consultations/{consultation.pk}"
+    flusher = Flusher(consumer="one")
+    flusher._next_claim = float("inf")  # no XAUTOCLAIM in this test
+    assert patient_client.get(url).status_code == 200
+    before = _xreadgroups(stream)
+    assert flusher.flush_once(block=False) == (1, 1)
+    # At start: its own pending entries (none), then the new ones.
+    assert _xreadgroups(stream) - before == 2
+    assert patient_client.get(url).status_code == 200
+    before = _xreadgroups(stream)
+    assert flusher.flush_once(block=False) == (1, 1)
+    assert _xreadgroups(stream) - before == 1
+    assert reads_of(consultation).count() == 2
+
+
+def test_after_a_failed_write_its_own_entries_come_first(
+    stream, consultation, patient_client, monkeypatch
+):
+    flusher = Flusher(consumer="one")
+    flusher._next_claim = float("inf")
+    assert flusher.flush_once(block=False) == (0, 0)  # settles: nothing of its own
+    assert patient_client.get(f"/api/v1/consultations/{consultation.pk}").status_code == 200
+
+    def refuse(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AuditEvent.objects, "bulk_create", refuse)
+        with pytest.raises(OperationalError):
+            flusher.flush_once(block=False)
+    # Not ">" (nothing new): the entry it read and could not write.
+    assert flusher.flush_once(block=False) == (1, 1)
+    assert reads_of(consultation).count() == 1
+
+
+def test_run_writes_and_stops(stream, consultation, patient_client, settings):
+    settings.AUDIT_FLUSH_LINGER_MS = 50
+    settings.AUDIT_FLUSH_BLOCK_MS = 100
+    for _ in range(3):
+        assert patient_client.get(f"/api/v1/consultations/{consultation.pk}").status_code == 200
+    stop = threading.Event()
+    flusher = Flusher(consumer="one")
+    worker = threading.Thread(target=flusher.run, args=(stop,))
+    worker.start()
+    try:
+        for _ in range(200):
+            if reads_of(consultation).count() == 3:
+                break
+            stop.wait(0.05)  # polling the table for the flusher's thread, not a fixed sleep
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert reads_of(consultation).count() == 3
+    assert stream.xlen(settings.AUDIT_STREAM_KEY) == 0

@@ -65,25 +65,33 @@ def _tokens(scopes: list[str]) -> list[str] | None:
 
 
 def cached(*, scopes: list[str], key: str, timeout: int, build: Callable[[], T]) -> T:
-    """The cached value for ``key`` under the scopes' current versions, or ``build()``."""
-    tokens = _tokens(scopes)
-    if tokens is None:
-        return build()
-    digest = hashlib.sha256("|".join([key, *tokens]).encode()).hexdigest()
-    full_key = f"cons:c:{digest}"
+    """The cached value for ``key`` under the scopes' current versions, or ``build()``.
+
+    The entry is stored with the tokens it was built under and read in the same MGET as the
+    scopes' current tokens: one round trip on a hit. It counts only if its tokens are the
+    current ones, so an invalidation still hides every older entry at once (and an entry a
+    slow reader stores under old tokens is a miss for everyone after it).
+    """
+    full_key = f"cons:c:{hashlib.sha256(key.encode()).hexdigest()}"
     try:
-        hit = cache.get(full_key)
-    except Exception as exc:
-        logger.warning("cache read failed, reading the database: %s", exc)
+        found = cache.get_many([*scopes, full_key])
+    except Exception as exc:  # any backend error is an outage: read the database
+        logger.warning("cache unavailable, reading the database: %s", exc)
         return build()
-    if hit is not None:
-        return hit
+    tokens = [found.get(scope) for scope in scopes]
+    entry = found.get(full_key)
+    if None not in tokens and entry is not None and entry[0] == tokens:
+        return entry[1]
+    if None in tokens:
+        tokens = _tokens(scopes)
+        if tokens is None:
+            return build()
     # Fill from the primary: a replica may not have replayed the write that just bumped
     # the version, and a stale fill would be served for the entry's whole lifetime.
     with db_routing.use_primary():
         value = build()
     try:
-        cache.set(full_key, value, timeout=timeout)
+        cache.set(full_key, (tokens, value), timeout=timeout)
     except Exception as exc:
         logger.warning("cache write failed: %s", exc)
     return value

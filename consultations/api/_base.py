@@ -38,9 +38,15 @@ class ClinicApiView(APIView):
         timezone.deactivate()
         return super().finalize_response(request, response, *args, **kwargs)
 
-    def consultation_body(self, consultation, *, status_code: int = 200) -> Response:
+    def consultation_body(
+        self, consultation, *, status_code: int = 200, created: bool = False
+    ) -> Response:
         user = self.request.user
-        unread = selectors.unread_counts_for(user=user, consultation_ids=[consultation.pk])
+        if created:
+            # Committed just now: its chat was empty at the commit this body describes.
+            unread = {}
+        else:
+            unread = selectors.unread_counts_for(user=user, consultation_ids=[consultation.pk])
         body = consultation_rows(
             [consultation_values(consultation)], unread_counts=unread, clinician=is_clinician(user)
         )[0]

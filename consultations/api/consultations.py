@@ -92,7 +92,9 @@ class ConsultationsApi(ClinicApiView):
             organization_id=consultation.organization_id,
         )
         # A replayed request answers 200 with the booking it made the first time.
-        return self.consultation_body(consultation, status_code=201 if created else 200)
+        return self.consultation_body(
+            consultation, status_code=201 if created else 200, created=created
+        )
 
 
 class ConsultationDetailApi(ClinicApiView):

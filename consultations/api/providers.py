@@ -95,7 +95,6 @@ class ProviderSlotsApi(ClinicApiView):
         responses={200: SlotOutput(many=True)},
     )
     def get(self, request, provider_id: int):
-        provider = selectors.provider_get(provider_id=provider_id)
         tz = timezone.get_current_timezone()
         # Whole minutes, so requests without ?start= share a cache entry for a minute.
         now = timezone.now().replace(second=0, microsecond=0)
@@ -120,6 +119,10 @@ class ProviderSlotsApi(ClinicApiView):
             )
 
         def build() -> dict:
+            # The provider is looked up on a miss only: the entry also depends on the
+            # providers scope, which every provider change (a deactivation too) renews, so
+            # an entry never outlives its provider. A 404 raises here and is not cached.
+            provider = selectors.provider_get(provider_id=provider_id)
             queryset = selectors.slots_open(provider_id=provider.pk, start=start, end=end)
             paginator = paginator_for(("start", "id"))
             page = paginator.paginate_queryset(queryset, request, view=self)
@@ -129,7 +132,7 @@ class ProviderSlotsApi(ClinicApiView):
             ["slots", request.build_absolute_uri(), str(tz), start.isoformat(), end.isoformat()]
         )
         data = caching.cached(
-            scopes=[caching.slots_scope(provider.pk)],
+            scopes=[caching.slots_scope(provider_id), caching.providers_scope()],
             key=key,
             timeout=settings.SLOTS_CACHE_SECONDS,
             build=build,

@@ -17,7 +17,7 @@ from consultations.models import Consultation, ConsultationStatus, QueueEntry, Q
 from consultations.selectors.consultations import consultations_for_user, unread_counts_for
 from consultations.selectors.providers import provider_today_bounds
 from consultations.selectors.queue import queue_entries_with_position, queue_wait_estimators
-from consultations.serializers import ConsultationOutput, QueueEntryOutput
+from consultations.serializers import QueueEntryOutput, consultation_rows, consultation_values
 
 
 def dashboard_for_user(*, user: User) -> dict:
@@ -59,7 +59,7 @@ def dashboard_consultations(data: dict) -> list[dict]:
 
 
 def _serialize_consultations(rows, *, clinician: bool) -> list[dict]:
-    return ConsultationOutput(rows, many=True, context={"clinician": clinician}).data
+    return consultation_rows([consultation_values(row) for row in rows], clinician=clinician)
 
 
 def _patient(user: User, tz: ZoneInfo) -> dict:

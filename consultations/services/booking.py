@@ -45,26 +45,32 @@ def consultation_book(
     """
     if patient.role != Role.PATIENT:
         raise Forbidden("Only patients book consultations.")
-    if idempotency_key:
-        existing = _by_idempotency_key(patient=patient, key=idempotency_key)
-        if existing is not None:
-            return _replay(existing, slot_id, reason)
+    # A retry under an Idempotency-Key is told apart from a new booking only when something
+    # refuses it (the unique (patient, key) index at the latest): the first request of a
+    # key, the common case, costs no look-up of the key.
     slot = (
         Slot.objects.select_related("provider__organization")
         .filter(pk=slot_id, provider__is_active=True, provider__role=Role.PROVIDER)
         .first()
     )
+    refusal = None
     if slot is None:
-        raise InvalidInput("Unknown slot.", fields={"slot": ["No such slot."]})
-    if slot.start <= timezone.now():
-        raise Conflict("This slot has already started.", code="slot_unavailable")
+        refusal = InvalidInput("Unknown slot.", fields={"slot": ["No such slot."]})
+    elif slot.start <= timezone.now():
+        refusal = Conflict("This slot has already started.", code="slot_unavailable")
+    if refusal is not None:
+        existing = idempotency_key and _by_idempotency_key(patient=patient, key=idempotency_key)
+        if existing:
+            return _replay(existing, slot_id, reason)
+        raise refusal
     try:
         with transaction.atomic():
-            # The INSERT is the check: the partial unique index admits one active booking.
+            # The INSERT is the check: the partial unique index admits one active booking,
+            # and the (patient, key) index one booking per Idempotency-Key.
             consultation = Consultation.objects.create(
                 patient=patient,
                 provider=slot.provider,
-                organization_id=slot.provider.organization_id,
+                organization=slot.provider.organization,
                 slot=slot,
                 kind=ConsultationKind.BOOKED,
                 status=ConsultationStatus.SCHEDULED,
@@ -85,8 +91,8 @@ def consultation_book(
             _invalidate_for(consultation)
     except IntegrityError as exc:
         if idempotency_key:
-            # A concurrent retry of the same request won the race: answer with its booking,
-            # read from the primary (a replica may not have it yet).
+            # A retry of the same request (earlier or concurrent) holds the key: answer
+            # with its booking, read from the primary (a replica may not have it yet).
             with db_routing.use_primary():
                 existing = _by_idempotency_key(patient=patient, key=idempotency_key)
             if existing is not None:

@@ -349,6 +349,37 @@ def test_cached_slots_are_served_from_the_cache(token_client, patient, provider,
     assert len(_slot_ids(client, provider)) == 4
 
 
+def test_a_deactivated_providers_cached_slots_are_404(
+    token_client, patient, provider, open_day, django_capture_on_commit_callbacks
+):
+    """The provider is looked up only when the page is built; its entry depends on the
+    providers scope too, so a deactivation (any provider change) hides the cached page."""
+    client = token_client(patient)
+    assert len(_slot_ids(client, provider)) == 4
+    provider.is_active = False
+    with django_capture_on_commit_callbacks(execute=True):
+        provider.save(update_fields=["is_active"])
+    assert client.get(f"/api/v1/providers/{provider.pk}/slots").status_code == 404
+
+
+def test_a_cached_page_is_one_redis_read(token_client, patient, provider, open_day):
+    """A hit reads the scopes' tokens and the entry in one MGET (no second GET)."""
+    client = token_client(patient)
+    assert len(_slot_ids(client, provider)) == 4
+    calls = []
+    real = cache.get_many
+
+    def counting(keys, *args, **kwargs):
+        calls.append(list(keys))
+        return real(keys, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cache, "get_many", counting)
+        patch.setattr(cache, "get", lambda *a, **k: pytest.fail("a hit needs no GET"))
+        assert len(_slot_ids(client, provider)) == 4
+    assert len([keys for keys in calls if any(k.startswith("cons:") for k in keys)]) == 1
+
+
 def test_availability_change_invalidates_the_cached_slots(
     token_client, patient, provider, open_day, django_capture_on_commit_callbacks
 ):

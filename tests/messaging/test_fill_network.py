@@ -205,3 +205,16 @@ def test_sqlite_is_refused_with_a_clear_message(tmp_path):
     )
     assert done.returncode == 1
     assert "fill_network needs PostgreSQL" in done.stderr
+
+
+def test_messages_fall_while_the_chat_is_writable(filled):
+    """From the booking until the consultation closed (completed, cancelled, no-show)."""
+    assert not rows(
+        """
+        SELECT 1 FROM messaging_message m JOIN consultations_consultation c
+          ON c.id = m.consultation_id
+        WHERE m.created_at < c.created_at
+           OR m.created_at > COALESCE(
+               c.completed_at, c.cancelled_at, c.no_show_at, clock_timestamp())
+        """
+    )

@@ -439,9 +439,11 @@ class Command(BaseCommand):
             )
         if not messages:
             return
-        # Messages from the booking to two days after the visit, never in the future.
+        # Messages while the chat is writable (messaging.permissions): from the booking until
+        # the consultation closes, never in the future.
+        closed = completed or cancelled or no_show or self.now
         first = booked.timestamp()
-        span = max(min((end + timedelta(days=2)), self.now).timestamp() - first, 60.0)
+        span = max(min(closed, self.now).timestamp() - first, 1.0)
         moments = sorted(first + rng.random() * span for _ in range(messages))
         last_ids = {patient: 0, provider.pk: 0}
         chat = []

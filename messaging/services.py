@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from accounts.models import User
@@ -29,7 +28,6 @@ from messaging.models import (
     MAX_BODY_LENGTH,
     MAX_CLIENT_ID_LENGTH,
     Message,
-    MessageClientId,
     ReadMarker,
 )
 from messaging.serializers import message_payload
@@ -130,6 +128,52 @@ def message_send(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _lock_sql(connection) -> str:
+    # FOR NO KEY UPDATE of the consultation only (the client-id side may be NULL); SQLite
+    # has no row locks: its one writer at a time serializes sends anyway.
+    if not connection.features.has_select_for_update:
+        return ""
+    if connection.features.has_select_for_no_key_update:
+        return " FOR NO KEY UPDATE OF c"
+    return " FOR UPDATE OF c"  # pragma: no cover - no such backend configured
+
+
+# The send's statements as plain SQL: through the ORM (two creates, get_or_create and
+# conditional updates, each compiled per call) they were most of chat send's own CPU.
+_LOCK_SQL = (
+    "SELECT c.status, k.message_id, k.message_created_at FROM consultations_consultation c"
+    " LEFT JOIN messaging_messageclientid k ON k.sender_id = %s AND k.client_id = %s"
+    " WHERE c.id = %s"
+)
+_MESSAGE_SQL = (
+    "INSERT INTO messaging_message (consultation_id, sender_id, body, client_id, created_at)"
+    " VALUES (%s, %s, %s, %s, %s) RETURNING id"
+)
+_CLIENT_ID_SQL = (
+    "INSERT INTO messaging_messageclientid (sender_id, client_id, message_id,"
+    " message_created_at) VALUES (%s, %s, %s, %s)"
+)
+# The sender's marker moves to their own message (never back), created if missing.
+_SENDER_MARKER_SQL = (
+    "INSERT INTO messaging_readmarker (consultation_id, user_id, last_read_message_id,"
+    " read_at) VALUES (%s, %s, %s, %s) ON CONFLICT (consultation_id, user_id) DO UPDATE"
+    " SET last_read_message_id = excluded.last_read_message_id, read_at = excluded.read_at"
+    " WHERE messaging_readmarker.last_read_message_id < excluded.last_read_message_id"
+)
+# An offline recipient's notification period, claimed (see _notify_offline_participants):
+# a new marker, or one whose last notice is old or older than their last read. Returns
+# the recipient when claimed.
+_CLAIM_SQL = (
+    "INSERT INTO messaging_readmarker (consultation_id, user_id, last_read_message_id,"
+    " notified_at) VALUES (%s, %s, 0, %s) ON CONFLICT (consultation_id, user_id) DO UPDATE"
+    " SET notified_at = excluded.notified_at"
+    " WHERE messaging_readmarker.notified_at IS NULL"
+    " OR messaging_readmarker.notified_at < %s"
+    " OR messaging_readmarker.notified_at < messaging_readmarker.read_at"
+    " RETURNING user_id"
+)
+
+
 def _store(
     *,
     consultation: Consultation,
@@ -139,50 +183,63 @@ def _store(
     attachment_ids: Sequence[int],
 ) -> tuple[Message, bool]:
     """The transaction of message_send (IntegrityError: a concurrent repeat won)."""
-    with transaction.atomic():
+    using = router.db_for_write(Message)
+    connection = connections[using]
+    ops = connection.ops
+    with transaction.atomic(using=using), connection.cursor() as cursor:
         # Lock the consultation row (FOR NO KEY UPDATE, compatible with the inserts'
         # foreign-key checks). It serializes this consultation's sends, so message ids
         # commit in id order and "replay after id N" can never miss a smaller id that
         # commits later; and it waits for a concurrent complete/cancel, so the status
-        # read below is the one that holds at commit.
-        status = (
-            Consultation.objects.select_for_update(no_key=True)
-            .filter(pk=consultation.pk)
-            .values_list("status", flat=True)
-            .first()
-        )
-        if status is None:
+        # read here is the one that holds at commit. The same statement looks the
+        # client_id up (after the lock: a repeat that committed meanwhile is seen).
+        cursor.execute(_LOCK_SQL + _lock_sql(connection), [sender.pk, client_id, consultation.pk])
+        row = cursor.fetchone()
+        if row is None:
             raise NotFound("Consultation not found.")
-        existing = selectors.message_for_client_id(sender_id=sender.pk, client_id=client_id)
-        if existing is not None:
-            return _repeat(existing, consultation=consultation)
+        status, existing_id, existing_created_at = row
+        if existing_id is not None:
+            existing = (
+                Message.objects.using(using)
+                .filter(id=existing_id, created_at=existing_created_at)
+                .first()
+            )
+            if existing is not None:
+                return _repeat(existing, consultation=consultation)
         if not permissions.is_open(status):
             raise Conflict(
                 f"This consultation is {status.replace('_', ' ')}; its chat is read-only.",
                 code="consultation_closed",
             )
-        message = Message.objects.create(
-            consultation_id=consultation.pk, sender=sender, body=body, client_id=client_id
-        )
+        now = timezone.now()
+        db_now = ops.adapt_datetimefield_value(now)
+        cursor.execute(_MESSAGE_SQL, [consultation.pk, sender.pk, body, client_id, db_now])
+        (message_id,) = cursor.fetchone()
         # The unique (sender, client_id) constraint is what makes a concurrent repeat in
         # another consultation (not serialized by the lock above) fail here.
-        MessageClientId.objects.create(
-            sender=sender,
+        cursor.execute(_CLIENT_ID_SQL, [sender.pk, client_id, message_id, db_now])
+        message = Message(
+            id=message_id,
+            consultation_id=consultation.pk,
+            sender_id=sender.pk,
+            body=body,
             client_id=client_id,
-            message_id=message.pk,
-            message_created_at=message.created_at,
+            created_at=now,
         )
+        message._state.adding, message._state.db = False, using
         # A file that cannot be attached refuses the whole send (rolled back, nothing sent).
         attachments = attachment_services.attachments_link_to_message(
             uploader=sender,
             consultation_id=consultation.pk,
             message_id=message.pk,
-            message_created_at=message.created_at,
+            message_created_at=now,
             attachment_ids=attachment_ids,
         )
         # Whoever writes has read everything up to their own message.
-        _marker_advance(consultation_id=consultation.pk, user_id=sender.pk, upto=message.pk)
-        _notify_offline_participants(consultation=consultation, sender=sender)
+        cursor.execute(_SENDER_MARKER_SQL, [consultation.pk, sender.pk, message.pk, db_now])
+        _notify_offline_participants(
+            cursor, consultation=consultation, sender=sender, now=now, db_now=db_now
+        )
         events.group_send_on_commit(
             events.consultation_group(consultation.pk),
             events.message_event(message_payload(message, attachments)),
@@ -190,41 +247,50 @@ def _store(
     return message, True
 
 
-def _notify_offline_participants(*, consultation: Consultation, sender: User) -> None:
+def _notify_offline_participants(
+    cursor, *, consultation: Consultation, sender: User, now, db_now
+) -> None:
     """Outbox rows for participants with no open socket here, one per idle period.
 
     Runs in the send's transaction, so a rolled-back send notifies nobody. The period is
-    claimed with a conditional UPDATE of the recipient's read marker (the database decides
+    claimed with a conditional upsert of the recipient's read marker (the database decides
     between concurrent sends): a notification is due if none was sent yet, or the last one
     is older than MESSAGING_OFFLINE_NOTIFY_SECONDS, or the user has read the chat since.
     When presence cannot be read (Redis down) everyone counts as offline: one extra email
     per period beats a clinical message nobody notices.
     """
-    recipients = [
-        user
-        for user in (consultation.patient, consultation.provider)
-        if user is not None and user.pk != sender.pk
+    recipient_ids = [
+        user_id
+        for user_id in (consultation.patient_id, consultation.provider_id)
+        if user_id is not None and user_id != sender.pk
     ]
-    if not recipients:
+    if not recipient_ids:
         return
     online = presence.online_users(consultation_id=consultation.pk) or set()
-    now = timezone.now()
     period_start = now - timedelta(seconds=settings.MESSAGING_OFFLINE_NOTIFY_SECONDS)
-    for recipient in recipients:
-        if recipient.pk in online:
+    db_period_start = cursor.db.ops.adapt_datetimefield_value(period_start)
+    for recipient_id in recipient_ids:
+        if recipient_id in online:
             continue
-        ReadMarker.objects.get_or_create(consultation_id=consultation.pk, user_id=recipient.pk)
-        claimed = (
-            ReadMarker.objects.filter(consultation_id=consultation.pk, user_id=recipient.pk)
-            .filter(
-                Q(notified_at__isnull=True)
-                | Q(notified_at__lt=period_start)
-                | Q(notified_at__lt=F("read_at"))
+        cursor.execute(_CLAIM_SQL, [consultation.pk, recipient_id, db_now, db_period_start])
+        if cursor.fetchone() is None:
+            continue
+        # Claimed (once per idle period, so rarely): the notification names both people.
+        if not isinstance(consultation, Consultation) or not _participants_loaded(consultation):
+            consultation = Consultation.objects.select_related("patient", "provider").get(
+                pk=consultation.pk
             )
-            .update(notified_at=now)
+        recipient = (
+            consultation.patient
+            if recipient_id == consultation.patient_id
+            else consultation.provider
         )
-        if claimed:
-            notifications.notify_unread_messages(user=recipient, consultation=consultation)
+        notifications.notify_unread_messages(user=recipient, consultation=consultation)
+
+
+def _participants_loaded(consultation: Consultation) -> bool:
+    state = consultation._state.fields_cache
+    return "patient" in state and "provider" in state
 
 
 # --- Read markers --------------------------------------------------------------------------

@@ -194,3 +194,85 @@ def test_chat_consultation_follows_consultation_visibility(chat, outsiders, make
             consultation_get_for_user(user=user, consultation_id=pk)
     with pytest.raises(NotFound):
         selectors.chat_consultation(user=chat.patient, consultation_id=pk + 10_000)
+
+
+# --- Sending ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "body", "client_id"),
+    [
+        ({"body": "hi", "client_id": "c-1"}, "hi", "c-1"),
+        ({"body": "hi", "client_id": "c-1", "attachments": []}, "hi", "c-1"),
+        # MessageSendInput's rules, unchanged: numbers are text, client_id is trimmed.
+        ({"body": 5, "client_id": 7}, "5", "7"),
+        ({"body": "hi", "client_id": "  c-1 "}, "hi", "c-1"),
+        ({"body": "  spaced  ", "client_id": "c-1", "other": 1}, "  spaced  ", "c-1"),
+    ],
+)
+def test_sends_read_their_input_as_before(chat, token_client, payload, body, client_id):
+    response = token_client(chat.patient).post(url(chat), payload, format="json")
+    assert response.status_code == 201, response.content
+    stored = Message.objects.get()
+    assert (stored.body, stored.client_id) == (body, client_id)
+    assert response.json() == as_json(MessageOutput(stored, context={"attachments": {}}).data)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # A lone surrogate (no encoding has it), as JSON escapes.
+        '{"body": "a\\ud800b", "client_id": "c"}',
+        '{"body": "hi", "client_id": "c\\ud800"}',
+        {"body": "hi", "client_id": "c", "attachments": None},
+        {"body": "hi", "client_id": "c", "attachments": "1"},
+        {"body": "hi", "client_id": "c", "attachments": [0]},
+        {"body": None, "client_id": "c"},
+        {"body": "hi", "client_id": "   "},
+        {"body": True, "client_id": "c"},
+    ],
+)
+def test_odd_sends_are_400_not_500(chat, token_client, payload):
+    client = token_client(chat.patient)
+    if isinstance(payload, str):
+        response = client.post(url(chat), payload, content_type="application/json")
+    else:
+        response = client.post(url(chat), payload, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "invalid"
+    assert not Message.objects.exists()
+
+
+def test_a_send_pins_its_queries(chat, token_client, django_assert_num_queries):
+    """Consultation, lock with the client_id lookup, message, client_id, sender's marker,
+    the offline recipient's notification claim, the create's audit row: 7, plus the
+    savepoint pair the test's own transaction makes of the send's."""
+    client = token_client(chat.patient)
+    client.get("/api/v1/me")  # warm the token cache
+    client.post(url(chat), {"body": "first", "client_id": "q-0"}, format="json")
+    for n in range(1, 3):
+        with django_assert_num_queries(9):
+            response = client.post(url(chat), {"body": "m", "client_id": f"q-{n}"}, format="json")
+        assert response.status_code == 201
+    # A repeat: consultation, lock with the lookup, the stored message, its files (+2).
+    with django_assert_num_queries(6):
+        again = client.post(url(chat), {"body": "m", "client_id": "q-1"}, format="json")
+    assert again.status_code == 200
+
+
+def test_a_send_moves_markers_and_claims_notices_like_before(chat, token_client, notified):
+    from messaging.models import ReadMarker
+
+    client = token_client(chat.provider)
+    ids = [
+        client.post(url(chat), {"body": "m", "client_id": f"n-{n}"}, format="json").json()["id"]
+        for n in range(3)
+    ]
+    markers = {m.user_id: m for m in ReadMarker.objects.filter(consultation=chat.consultation)}
+    # The sender has read up to their last message; the offline patient was told once and
+    # has read nothing.
+    assert markers[chat.provider.pk].last_read_message_id == ids[-1]
+    assert markers[chat.provider.pk].read_at is not None
+    assert markers[chat.patient.pk].last_read_message_id == 0
+    assert markers[chat.patient.pk].notified_at is not None
+    assert notified == [(chat.patient.pk, chat.consultation.pk)]

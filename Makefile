@@ -99,5 +99,11 @@ cluster-status:
 cluster-smoke: install-dev
 	$(BIN)/python scripts/cluster/smoke.py
 
+## load: a clinic day under Locust through `make cluster` (run that first): steps of users
+## until one fails p95 < 200 ms, p99 < 500 ms, errors < 0.1%; LOAD_ARGS="--users 200" for one run
+.PHONY: load
+load: install-dev
+	$(BIN)/python bench/load/run.py $(LOAD_ARGS)
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -79,8 +79,9 @@ def web_pids() -> list[int]:
     return pids
 
 
-def postgres_pids() -> list[int]:
-    """The primary's backends serving the cluster's database, and the replica's server."""
+def primary_pids() -> list[int]:
+    """The primary's backends serving the cluster's database (the server is shared with
+    other databases, whose backends are not counted)."""
     out = subprocess.run(
         [
             "psql",
@@ -92,11 +93,16 @@ def postgres_pids() -> list[int]:
         text=True,
         check=False,
     ).stdout
-    pids = [int(line) for line in out.split() if line.strip().isdigit()]
+    return [int(line) for line in out.split() if line.strip().isdigit()]
+
+
+def replica_pids() -> list[int]:
+    """The replica's whole server: its reads for the nodes and its WAL replay (of every
+    database on the primary's server, not only the cluster's)."""
     postmaster = cluster.REPLICA_DIR / "data" / "postmaster.pid"
-    if postmaster.exists():
-        pids.extend(tree(int(postmaster.read_text().split()[0])))
-    return pids
+    if not postmaster.exists():
+        return []
+    return tree(int(postmaster.read_text().split()[0]))
 
 
 class CpuMeter:
@@ -164,7 +170,7 @@ def step(args: argparse.Namespace, users: int, label: str) -> dict:
         "LOAD_TOKENS": str(STATE / "tokens.json"),
         "LOAD_SUMMARY": str(summary_path),
     }
-    web, db = CpuMeter(web_pids), CpuMeter(postgres_pids)
+    web, db, replica = CpuMeter(web_pids), CpuMeter(primary_pids), CpuMeter(replica_pids)
     lag = LagSampler(args.host)
     spawn_rate = args.spawn_rate or max(users / 5, 1)
     command = [
@@ -190,11 +196,12 @@ def step(args: argparse.Namespace, users: int, label: str) -> dict:
     load_before = os.getloadavg()[0]
     web.start()
     db.start()
+    replica.start()
     lag.start()
     started = time.monotonic()
     code = subprocess.run(command, env=env, check=False, cwd=ROOT).returncode
     seconds = time.monotonic() - started
-    web_cpu, db_cpu = web.stop(), db.stop()
+    web_cpu, db_cpu, replica_cpu = web.stop(), db.stop(), replica.stop()
     lag.done.set()
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     requests = summary.get("requests", 0)
@@ -207,6 +214,8 @@ def step(args: argparse.Namespace, users: int, label: str) -> dict:
         db_cpu_seconds=db_cpu,
         web_ms_per_request=1000 * web_cpu / requests if requests else None,
         db_ms_per_request=1000 * db_cpu / requests if requests else None,
+        replica_cpu_seconds=replica_cpu,
+        replica_ms_per_request=1000 * replica_cpu / requests if requests else None,
         rps_per_web_core=requests / web_cpu if web_cpu else None,
         load_average=(load_before, os.getloadavg()[0]),
         replica_lag=lag.worst,
@@ -228,7 +237,8 @@ COLUMNS = (
     "web ms/req",
     "req/s per web core",
     "users per web core",
-    "PG ms/req",
+    "primary ms/req",
+    "replica ms/req",
     "replica lag s",
     "load avg",
     "thresholds",
@@ -252,6 +262,7 @@ def table(results: list[dict]) -> str:
             fmt(r.get("rps_per_web_core"), ".0f"),
             fmt(r["users"] / busy if busy else None, ".0f"),
             fmt(r.get("db_ms_per_request"), ".2f"),
+            fmt(r.get("replica_ms_per_request"), ".2f"),
             fmt(r.get("replica_lag"), ".2f"),
             "{:.1f} → {:.1f}".format(*r["load_average"]),
             "PASS" if r["passed"] else "FAIL",

@@ -212,9 +212,11 @@ class ConsultationMessagesApi(APIView):
             body=data["body"],
             client_id=data["client_id"],
             attachment_ids=data["attachments"],
+            # The create event commits with the message (one transaction, no second write).
+            on_stored=lambda stored: audit_message_created(
+                request=request, consultation=consultation, message=stored
+            ),
         )
-        if created:
-            audit_message_created(request=request, consultation=consultation, message=message)
         url_rows: list = []
         if created and not data["attachments"]:
             # Just stored without files: nothing to look up.

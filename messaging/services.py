@@ -4,7 +4,7 @@ sockets on revocation, partition upkeep. Fan-out happens after commit, never ins
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from django.conf import settings
@@ -88,6 +88,7 @@ def message_send(
     body: str,
     client_id: str,
     attachment_ids: Sequence[int] = (),
+    on_stored: Callable[[Message], None] | None = None,
 ) -> tuple[Message, bool]:
     """Store a message once per (sender, client_id), then fan it out after commit.
 
@@ -96,7 +97,10 @@ def message_send(
     with the attachments the first send linked (the repeat's ``attachment_ids`` are not
     looked at). ``attachment_ids``: the sender's own ready files of this consultation, each
     linked once (anything else is a 400 on ``attachments``). The caller has found
-    ``consultation`` through ``consultation_get_for_user``.
+    ``consultation`` through ``consultation_get_for_user`` (or
+    ``selectors.chat_consultation``). ``on_stored(message)`` runs in the send's
+    transaction once the message is stored (not for a repeat): its audit event commits
+    with it, in the same INSERT round trip as the rest, or not at all.
     """
     body = _clean_body(body)
     client_id = _clean_client_id(client_id)
@@ -112,6 +116,7 @@ def message_send(
                 body=body,
                 client_id=client_id,
                 attachment_ids=attachment_ids,
+                on_stored=on_stored,
             )
         except IntegrityError as exc:
             if attempt == 1 and partitions.is_missing_partition(exc):
@@ -181,6 +186,7 @@ def _store(
     body: str,
     client_id: str,
     attachment_ids: Sequence[int],
+    on_stored: Callable[[Message], None] | None,
 ) -> tuple[Message, bool]:
     """The transaction of message_send (IntegrityError: a concurrent repeat won)."""
     using = router.db_for_write(Message)
@@ -240,6 +246,8 @@ def _store(
         _notify_offline_participants(
             cursor, consultation=consultation, sender=sender, now=now, db_now=db_now
         )
+        if on_stored is not None:
+            on_stored(message)
         events.group_send_on_commit(
             events.consultation_group(consultation.pk),
             events.message_event(message_payload(message, attachments)),

@@ -276,3 +276,36 @@ def test_a_send_moves_markers_and_claims_notices_like_before(chat, token_client,
     assert markers[chat.patient.pk].last_read_message_id == 0
     assert markers[chat.patient.pk].notified_at is not None
     assert notified == [(chat.patient.pk, chat.consultation.pk)]
+
+
+def test_the_create_event_commits_with_the_message_or_not_at_all(chat):
+    from messaging.audit import audit_message_created
+
+    def audit_then_fail(message):
+        audit_message_created(request=None, consultation=chat.consultation, message=message)
+        assert AuditEvent.objects.filter(object_type="message").count() == 1
+        raise RuntimeError("the process dies before commit")
+
+    with pytest.raises(RuntimeError):
+        services.message_send(
+            consultation=chat.consultation,
+            sender=chat.patient,
+            body="hi",
+            client_id="atomic-1",
+            on_stored=audit_then_fail,
+        )
+    assert not Message.objects.exists()
+    assert not AuditEvent.objects.filter(object_type="message").exists()
+    # A repeat stores nothing and records nothing.
+    seen = []
+    services.message_send(
+        consultation=chat.consultation, sender=chat.patient, body="hi", client_id="atomic-2"
+    )
+    services.message_send(
+        consultation=chat.consultation,
+        sender=chat.patient,
+        body="hi",
+        client_id="atomic-2",
+        on_stored=seen.append,
+    )
+    assert seen == []

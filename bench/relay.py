@@ -25,6 +25,8 @@ from redis import asyncio as aioredis
 _redis = None
 _pubsub = None
 _listener: asyncio.Task | None = None
+_publisher: asyncio.Task | None = None
+_outbox: asyncio.Queue | None = None  # (channel, text) waiting to be published
 _rooms: dict[str, set] = {}  # channel → the ASGI send callables of its sockets
 _ids = itertools.count(1)
 
@@ -48,6 +50,30 @@ async def _listen() -> None:
             # A socket that went away: its disconnect event follows.
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.send", "text": text})
+
+
+async def _publish() -> None:
+    # One writer per process: whatever queued meanwhile goes out as one pipeline on one
+    # connection (a publish per socket each borrowing a pooled connection exhausted the pool
+    # on a starved core, and the sockets whose publish failed were closed).
+    while True:
+        batch = [await _outbox.get()]
+        while not _outbox.empty() and len(batch) < 1000:
+            batch.append(_outbox.get_nowait())
+        async with _redis.pipeline(transaction=False) as pipe:
+            for channel, text in batch:
+                pipe.publish(channel, text)
+            with contextlib.suppress(Exception):
+                await pipe.execute()
+
+
+def _enqueue(channel: str, text: str) -> None:
+    global _outbox, _publisher
+    if _publisher is None:
+        _client()
+        _outbox = asyncio.Queue()
+        _publisher = asyncio.ensure_future(_publish())
+    _outbox.put_nowait((channel, text))
 
 
 async def _join(channel: str, send) -> None:
@@ -93,7 +119,7 @@ async def _websocket(scope, receive, send) -> None:
                             "body": data.get("body"),
                         },
                     }
-                    await _client().publish(channel, json.dumps(payload, separators=(",", ":")))
+                    _enqueue(channel, json.dumps(payload, separators=(",", ":")))
             elif event["type"] == "websocket.disconnect":
                 return
     finally:

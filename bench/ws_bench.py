@@ -55,6 +55,7 @@ import os
 import resource
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -549,7 +550,8 @@ class Bench:
             self.setup_django()
             loop = self.loop
             for round_ in range(1, self.args.rounds + 1):
-                order = TARGETS if round_ % 2 else TARGETS[::-1]
+                order = [t for t in TARGETS if t in self.args.targets]
+                order = order if round_ % 2 else order[::-1]
                 jobs = [("fanout", size, 1) for size in self.args.fanout_sockets]
                 jobs += [("pairs", count, 1) for count in self.args.pairs]
                 jobs += [("pairs", count, 2) for count in self.args.two_node]
@@ -780,9 +782,14 @@ def main() -> None:
     )
     parser.add_argument("--idle", type=ints, default=None, help="idle sockets, e.g. 5000")
     parser.add_argument("--idle-seconds", type=float, default=None)
+    parser.add_argument(
+        "--targets", type=lambda s: s.split(","), default=list(TARGETS), help="relay,medease"
+    )
     parser.add_argument("--json", help="write runs, summary and targets as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
+    # A terminated run still stops its servers and drops its database (finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chosen = "quick" if args.quick else "issue12" if args.issue12 else "full"
     for key, value in PRESETS[chosen].items():
         if getattr(args, key) is None:

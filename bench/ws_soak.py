@@ -35,6 +35,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -418,6 +419,8 @@ def main() -> int:
     parser.add_argument("--json", help="write the report as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
+    # A terminated run still stops its servers and drops its database (finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise_open_files(2 * args.consultations + 64)
 
     load_before = os.getloadavg()

@@ -240,6 +240,8 @@ if REDIS_URL:
         "SOCKET_CONNECT_TIMEOUT": CACHE_SOCKET_TIMEOUT,
         "SOCKET_TIMEOUT": CACHE_SOCKET_TIMEOUT,
         "REDIS_CLIENT_CLASS": "medease.cache.CircuitBreakerRedis",
+        # One client object per pool for the process, not one per request (docs/performance.md).
+        "CONNECTION_FACTORY": "medease.redis_clients.SharedClientConnectionFactory",
     }
     CACHES = {
         # Hot reads: a Redis outage degrades to the database instead of failing requests.

@@ -307,8 +307,10 @@ def main() -> None:
             if not result["passed"]:
                 break
         passing = [r for r in results if r["passed"]]
-        if args.repeat_last and passing:
-            results.append(step(args, passing[-1]["users"], f"{passing[-1]['users']}-again"))
+        if args.repeat_last:
+            # The last step that passed (or the first, failed one): is the result stable?
+            again = (passing or results)[-1]["users"]
+            results.append(step(args, again, f"{again}-again"))
     print("\n" + table(results))
     passing = [r for r in results if r["passed"]]
     if passing:

@@ -315,19 +315,18 @@ class Provider(ClinicUser):
             if self.post(f"consultations/{visit['id']}/start", "consultations/{id}/start", {}, 200):
                 self.visit, self.steps = visit, 0
             return
-        visit = self.visit["id"]
+        visit, patient = self.visit["id"], self.visit["patient"]
         self.steps += 1
-        if self.steps in (1, 4):
+        if self.steps == 1:
             self.get(f"consultations/{visit}", "consultations/{id}")
-        elif self.steps in (2, 5):
+        elif self.steps == 2:
             self.send_message(visit)
         elif self.steps == 3:
             self.get(f"consultations/{visit}/messages", "consultations/{id}/messages", limit=50)
-        elif self.steps == 6:
-            self.get(f"patients/{self.visit['patient']}/records", "patients/{id}/records")
-        elif self.steps == 7:
+            self.get(f"patients/{patient}/records", "patients/{id}/records")
+        elif self.steps == 4:
             self.post(
-                f"patients/{self.visit['patient']}/records",
+                f"patients/{patient}/records",
                 "patients/{id}/records",
                 {"kind": "note", "text": "Seen today; advised rest.", "consultation": visit},
                 201,

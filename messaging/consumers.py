@@ -23,11 +23,12 @@ import math
 import re
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from urllib.parse import parse_qs
 
-from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
@@ -46,7 +47,7 @@ from medease.exceptions import (
     field_errors,
 )
 from medease.parsers import MAX_DEPTH, nested_deeper_than
-from messaging import events, permissions, presence, selectors, services
+from messaging import events, hub, permissions, presence, selectors, services
 from messaging.audit import audit_chat_read, audit_message_created
 from messaging.scope import ScopeRequest
 from messaging.serializers import MAX_ID, MessageSendInput, message_payload
@@ -62,9 +63,10 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_FELL_BEHIND = 4408
 CLOSE_SERVER_ERROR = 1011
 REPLAY_BATCH = 200
-# Message ids this socket has delivered, to drop the channel-layer copy of a message the
-# socket already sent (its own acknowledgement, or one replayed while it was in flight).
-RECENT_IDS = 4096
+# What a socket whose client does not read may have waiting beyond the transport's own
+# buffer before it falls behind (resync and 4408): a burst for a healthy client fits.
+BACKLOG_FRAMES = 256
+BACKLOG_BYTES = 512 * 1024
 # The HTTP middleware's rule for a client-given request id (medease.middleware).
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
 
@@ -82,11 +84,6 @@ def _db(func):
             return func(*args, **kwargs)
 
     return database_sync_to_async(on_primary)
-
-
-def _off_thread(func):
-    # Redis calls (presence) run in the thread pool, not the single database thread.
-    return sync_to_async(func, thread_sensitive=False)
 
 
 # --- Work done in the database thread ------------------------------------------------------
@@ -172,23 +169,6 @@ def _is_transport_error(exc: BaseException) -> bool:
     ).__module__.startswith("redis")
 
 
-class _RecentIds:
-    """A bounded set of the most recently added ids."""
-
-    def __init__(self, size: int) -> None:
-        self._ids: OrderedDict[int, None] = OrderedDict()
-        self._size = size
-
-    def add(self, value: int) -> bool:
-        """Add; False when it was already there."""
-        if value in self._ids:
-            return False
-        self._ids[value] = None
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
-        return True
-
-
 def _parse_id(value, *, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if not (isinstance(value, str) and value.isdigit()):
@@ -200,20 +180,37 @@ def _parse_id(value, *, name: str, minimum: int) -> int:
 
 
 class ConsultationChatConsumer(AsyncWebsocketConsumer):
-    """One socket of one user in one consultation's chat."""
+    """One socket of one user in one consultation's chat.
+
+    Live events reach it through the process's hub (messaging.hub), not the channel layer:
+    the hub calls :meth:`hub_push` with a frame already encoded for every socket, and the
+    socket writes it to its transport directly. The consumer has no channel-layer channel.
+    """
 
     # --- Lifecycle ----------------------------------------------------------------------
 
     async def __call__(self, scope, receive, send):
+        # Channels' loop, without what the hub made unnecessary: no channel-layer channel
+        # (and its receive task) per socket, no close_old_connections hop per frame (the
+        # database work runs in database_sync_to_async, which does that itself).
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
         try:
-            return await super().__call__(scope, receive, send)
+            while True:
+                message = await receive()
+                handler = getattr(self, get_handler_name(message), None)
+                if handler is None:
+                    raise ValueError(f"No handler for message type {message['type']}")
+                await handler(message)
+        except StopConsumer:
+            pass
         except Exception as exc:
-            # The consumer's loop died, most often because the channel layer's receive lost
-            # Redis. Without this the server logs a traceback, closes with 1011 and skips
-            # disconnect(). Instead: clean up, and close with 1013 so the client reconnects
-            # (with ?after=) once the layer is back; nothing it missed is lost, only late.
+            # A lost dependency (Redis, sockets) closes with 1013 so the client reconnects
+            # (with ?after=) once it is back; nothing it missed is lost, only late. Without
+            # this the server logs a traceback, closes with 1011 and skips disconnect().
             if _is_transport_error(exc):
-                logger.warning("chat socket lost the channel layer (%r): closing 1013", exc)
+                logger.warning("chat socket lost a dependency (%r): closing 1013", exc)
                 code = CLOSE_TRY_AGAIN
             else:
                 logger.exception("chat consumer failed")
@@ -225,21 +222,24 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
 
     async def connect(self):
         self.user = self.scope.get("user") or AnonymousUser()
+        self.user_id = self.user.pk
         self.consultation_id = int(self.scope["url_route"]["kwargs"]["consultation_id"])
-        self.consultation = None
-        self.joined_groups: list[str] = []
+        self.hub = None
         self.present = False
-        self.heartbeat_task: asyncio.Task | None = None
-        self.delivered = _RecentIds(RECENT_IDS)
         # The highest message id this socket has delivered (or the client's ?after=): what
         # a client that fell behind replays after.
         self.last_id: int | None = None
         self.fell_behind = False
+        # Live messages held back while a replay or this socket's own send is under way
+        # (then released without what the replay or the acknowledgement already sent).
+        self.held: list | None = None
+        # Frames waiting for a transport above its high-water mark (see _write).
+        self.backlog: deque | None = None
+        self.backlog_bytes = 0
         self.inbound: deque[float] = deque()
         self.last_typing = float("-inf")
-        self.request = ScopeRequest(self.scope, self.user)
         # This socket's audit events share one id, as an HTTP request's do.
-        self.request.request_id = _connection_id(self.scope)
+        self.request_id = _connection_id(self.scope)
 
         auth_error = self.scope.get("auth_error")
         if auth_error == "unavailable":
@@ -256,66 +256,59 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         except InvalidInput:
             return await self._refuse(CLOSE_BAD_REQUEST)
         try:
-            self.consultation = await _open_chat(self.request, self.consultation_id)
+            # Checked and audited; not kept (a socket holds ids, not model instances).
+            await _open_chat(self._request(), self.consultation_id)
         except NotFound:
             return await self._refuse(CLOSE_FORBIDDEN)
 
-        # Groups are joined only now, after the permission check: the consultation's
-        # events, and the user's own group through which revocation closes this socket.
+        # Subscribed only now, after the permission check: the consultation's events, and
+        # the user's own through which revocation closes this socket. join() returns once
+        # Redis confirmed the subscription, so nothing committed from here on is missed.
+        self.last_id = after
+        if after is not None:
+            self.held = []
+        self.hub = hub.current()
         try:
-            for group in (
-                events.consultation_group(self.consultation_id),
-                events.user_group(self.user.pk),
-            ):
-                await self.channel_layer.group_add(group, self.channel_name)
-                self.joined_groups.append(group)
-        except Exception as exc:  # Channel layer down: no live path, ask to retry later.
-            logger.warning("websocket refused, channel layer unavailable: %r", exc)
-            await self._leave_groups()
+            for group in self._groups():
+                await self.hub.join(group, self)
+        except Exception as exc:  # Redis down: no live path, ask to retry later.
+            logger.warning("websocket refused, chat hub unavailable: %r", exc)
+            self._leave_hub()
             return await self._refuse(CLOSE_TRY_AGAIN)
 
         await self.accept()
         await self._presence_join()
-        self.last_id = after
         if after is not None:
-            # Joined before reading: whatever commits from here on also arrives live (and
-            # is de-duplicated), whatever committed before is in the replay.
+            # Subscribed before reading: whatever commits from here on is held and sent
+            # after the replay (without what the replay had), whatever committed before is
+            # in the replay.
             await self._replay(after)
 
     async def disconnect(self, code):
-        if getattr(self, "heartbeat_task", None) is not None:
-            self.heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.heartbeat_task
-            self.heartbeat_task = None
         if getattr(self, "present", False):
-            try:
-                last = await _off_thread(presence.backend().leave)(
-                    consultation_id=self.consultation_id,
-                    user_id=self.user.pk,
-                    connection=self.channel_name,
-                )
-            except Exception as exc:  # Redis down: the entry expires on its own.
-                logger.warning("presence leave failed: %r", exc)
-                last = False
             self.present = False
-            if last:
-                await self._broadcast(events.presence_event(user_id=self.user.pk, online=False))
-        await self._leave_groups()
+            self.hub.presence.leave(self.consultation_id, self.user_id)
+        self._leave_hub()
+
+    def _groups(self) -> tuple[str, str]:
+        return events.consultation_group(self.consultation_id), events.user_group(self.user_id)
+
+    def _leave_hub(self) -> None:
+        if getattr(self, "hub", None) is not None:
+            for group in self._groups():
+                self.hub.leave(group, self)
+
+    def _request(self) -> ScopeRequest:
+        # Built when needed (audit, rate limits), not kept per socket.
+        request = ScopeRequest(self.scope, self.user)
+        request.request_id = self.request_id
+        return request
 
     async def _refuse(self, code: int) -> None:
         # Accept first: a close before the handshake completes reaches browsers as a failed
         # HTTP upgrade without the code, and the contract promises the code.
         await self.accept()
         await self.close(code=code)
-
-    async def _leave_groups(self) -> None:
-        for group in getattr(self, "joined_groups", []):
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception as exc:  # group membership expires on its own
-                logger.warning("group_discard %s failed: %r", group, exc)
-        self.joined_groups = []
 
     def _after_param(self) -> int | None:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -328,51 +321,31 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
 
     async def _replay(self, after: int) -> None:
         cursor = after
-        while True:
-            payloads, more = await _replay_batch(self.consultation_id, cursor)
-            for payload in payloads:
-                await self._deliver(payload)
-            if not more or not payloads:
-                break
-            cursor = payloads[-1]["id"]
+        try:
+            while True:
+                payloads, more = await _replay_batch(self.consultation_id, cursor)
+                for payload in payloads:
+                    await self._deliver(payload)
+                if payloads:
+                    cursor = payloads[-1]["id"]
+                if not more or not payloads:
+                    break
+        finally:
+            # Sends in a consultation commit in id order, so a held message at or below
+            # the replay's last id was in the replay.
+            self._release(skip=lambda ident: ident <= cursor)
 
     async def _presence_join(self) -> None:
         try:
-            first = await _off_thread(presence.backend().join)(
-                consultation_id=self.consultation_id,
-                user_id=self.user.pk,
-                connection=self.channel_name,
-            )
+            first = await self.hub.presence.join(self.consultation_id, self.user_id)
             self.present = True
             if first:
-                await self._broadcast(events.presence_event(user_id=self.user.pk, online=True))
-            online = await _off_thread(presence.backend().online_users)(
-                consultation_id=self.consultation_id
-            )
-            for user_id in sorted(online - {self.user.pk}):
+                await self._broadcast(events.presence_event(user_id=self.user_id, online=True))
+            online = await presence.aonline_users(consultation_id=self.consultation_id)
+            for user_id in sorted(online - {self.user_id}):
                 await self._send_json({"type": "presence", "user": user_id, "online": True})
-        except Exception as exc:  # Presence is advisory; the heartbeat tries again.
+        except Exception as exc:  # Presence is advisory.
             logger.warning("presence join failed: %r", exc)
-        self.heartbeat_task = asyncio.ensure_future(self._heartbeat())
-
-    async def _heartbeat(self) -> None:
-        interval = max(1.0, settings.MESSAGING_PRESENCE_TTL_SECONDS / 3)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                back, gone = await _off_thread(presence.backend().heartbeat)(
-                    consultation_id=self.consultation_id,
-                    user_id=self.user.pk,
-                    connection=self.channel_name,
-                )
-            except Exception as exc:
-                logger.warning("presence heartbeat failed: %r", exc)
-                continue
-            self.present = True
-            if back:
-                await self._broadcast(events.presence_event(user_id=self.user.pk, online=True))
-            for user_id in gone:  # their node died without saying goodbye
-                await self._broadcast(events.presence_event(user_id=user_id, online=False))
 
     # --- Inbound events --------------------------------------------------------------
 
@@ -444,27 +417,33 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
                 fields=field_errors(data.errors),
                 client_id=client_id,
             )
+        self.held = [] if self.held is None else self.held
         try:
             payload = await _send(
-                self.request,
+                self._request(),
                 self.consultation_id,
                 data.validated_data["body"],
                 data.validated_data["client_id"],
                 data.validated_data["attachments"],
             )
-        except NotFound:
-            raise
         except RateLimited as exc:
+            self._release()
             return await self._error(
                 exc.code, exc.message, retry_after=exc.retry_after, client_id=client_id
             )
         except ApplicationError as exc:
+            self._release()
             return await self._error(
                 exc.code, exc.message, fields=exc.fields or None, client_id=client_id
             )
+        except BaseException:
+            self._release()
+            raise
         # The acknowledgement: the stored message, sent straight back (also for a repeated
-        # client_id, and when the channel layer is down); the fan-out copy is dropped.
+        # client_id, and when the fan-out failed); its fan-out copy, held meanwhile, is
+        # dropped.
         await self._deliver(payload, acknowledgement=True)
+        self._release(skip=lambda ident: ident == payload["id"])
 
     async def _on_typing(self, event: dict) -> None:
         now = time.monotonic()
@@ -476,7 +455,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             raise Forbidden("Only the consultation's participants type.", code="not_participant")
         if not permissions.is_open(consultation.status):
             raise Conflict("This consultation's chat is read-only.", code="consultation_closed")
-        await self._broadcast(events.typing_event(user_id=self.user.pk))
+        await self._broadcast(events.typing_event(user_id=self.user_id))
 
     async def _on_read(self, event: dict) -> None:
         message_id = _parse_id(event.get("message_id"), name="message_id", minimum=1)
@@ -499,64 +478,124 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             self.consultation_id,
             call_events.call_signal_event(
                 consultation_id=self.consultation_id,
-                sender_id=self.user.pk,
+                sender_id=self.user_id,
                 recipient_id=recipient,
                 data=data,
             ),
         )
 
-    # --- Events from the channel layer -----------------------------------------------
+    # --- Events from the hub (messaging.hub) ------------------------------------------
 
-    async def chat_message(self, event):
-        await self._deliver(event["message"])
+    def hub_push(self, kind: int, ident: int, frame: dict) -> None:
+        """One published event, already encoded; called by the hub's reader, for every
+        local socket in the group, so it filters and writes without awaiting."""
+        if kind == hub.MESSAGE:
+            if self.held is not None:
+                self.held.append((ident, frame))
+            else:
+                self._write(frame, ident)
+        elif kind == hub.ALL:
+            self._write(frame, 0)
+        elif kind == hub.EXCEPT:
+            if ident != self.user_id:
+                self._write(frame, 0)
+        elif kind == hub.ONLY:
+            if ident == self.user_id:
+                self._write(frame, 0)
+        elif kind == hub.CONTROL and frame["text"] == "revoked":
+            self._fall_behind(CLOSE_UNAUTHENTICATED, resync=False)
 
-    async def chat_typing(self, event):
-        if event["user"] != self.user.pk:
-            await self._send_json({"type": "typing", "user": event["user"]})
+    def hub_lost(self, code: int) -> None:
+        """The hub's subscription broke: events meant for this socket may be gone."""
+        self._fall_behind(code)
 
-    async def chat_read(self, event):
-        await self._send_json(
-            {"type": "read", "user": event["user"], "message_id": event["message_id"]}
-        )
-
-    async def chat_presence(self, event):
-        if event["user"] != self.user.pk:
-            await self._send_json(
-                {"type": "presence", "user": event["user"], "online": event["online"]}
-            )
-
-    async def call_signal(self, event):
-        # Fanned out to the consultation's group: only the recipient's sockets write it.
-        if event["to"] == self.user.pk:
-            await self._send_json(
-                {"type": "call.signal", "from": event["from"], "data": event["data"]}
-            )
-
-    async def call_state(self, event):
-        await self._send_json({"type": "call.state", "call": event["call"]})
-
-    async def session_revoked(self, event):
-        await self.close(code=CLOSE_UNAUTHENTICATED)
-
-    async def chat_overflow(self, event):
-        # The channel layer dropped events meant for this socket (it did not keep up):
-        # say from where to replay, and close so that the client does (docs/api.md).
-        if self.fell_behind:
-            return
-        self.fell_behind = True
-        logger.warning("chat socket fell behind: closing 4408 after id %s", self.last_id)
-        await self._send_json({"type": "resync", "after": self.last_id})
-        await self.close(code=CLOSE_FELL_BEHIND)
+    def _release(self, skip=None) -> None:
+        held, self.held = self.held, None
+        for ident, frame in held or ():
+            if skip is None or not skip(ident):
+                self._write(frame, ident)
 
     # --- Output ----------------------------------------------------------------------
 
+    def _write(self, frame: dict, ident: int) -> None:
+        """Hand a frame to the transport without waiting.
+
+        The server's send returns at once unless the transport's buffer is above its
+        high-water mark (the client does not read). Then the rest of that send and what
+        follows wait in a bounded backlog, written in order by one task; a socket whose
+        backlog overflows falls behind: it gets ``resync`` once the transport drains and
+        is closed with 4408, and the client replays with ``?after=``.
+        """
+        if self.fell_behind:
+            return
+        if self.backlog is not None:
+            self.backlog.append((frame, ident))
+            self.backlog_bytes += len(frame["text"])
+            if len(self.backlog) > BACKLOG_FRAMES or self.backlog_bytes > BACKLOG_BYTES:
+                self._fall_behind(CLOSE_FELL_BEHIND)
+            return
+        sending = self.base_send(frame)
+        try:
+            waiting = sending.send(None)
+        except StopIteration:
+            self._sent(ident)
+            return
+        except Exception as exc:  # the client went away; disconnect() follows
+            logger.debug("websocket send failed: %r", exc)
+            return
+        self._sent(ident)  # in the transport's hands once it drains
+        self.backlog = deque()
+        self.backlog_bytes = 0
+        self.drain = asyncio.ensure_future(self._drain(sending, waiting))
+
+    def _sent(self, ident: int) -> None:
+        if ident and (self.last_id is None or ident > self.last_id):
+            self.last_id = ident
+
+    async def _drain(self, sending, waiting) -> None:
+        try:
+            await _finish(sending, waiting)
+            while self.backlog:
+                frame, ident = self.backlog.popleft()
+                self.backlog_bytes -= len(frame["text"])
+                self._sent(ident)
+                await self.base_send(frame)
+        except Exception as exc:  # the client went away; disconnect() follows
+            logger.debug("websocket send failed: %r", exc)
+        finally:
+            self.backlog = None
+            self.drain = None
+        if self.fell_behind:
+            await self._close_behind()
+
+    def _fall_behind(self, code: int, *, resync: bool = True) -> None:
+        if self.fell_behind:
+            return
+        self.fell_behind = True
+        self.close_code = code
+        self.send_resync = resync
+        if resync:
+            logger.warning("chat socket fell behind: closing %s after id %s", code, self.last_id)
+        if self.backlog is not None:
+            self.backlog.clear()  # the drain task sends the resync once the transport drains
+            self.backlog_bytes = 0
+        else:
+            self.drain = asyncio.ensure_future(self._close_behind())
+
+    async def _close_behind(self) -> None:
+        # Say from where to replay, and close so that the client does (docs/api.md).
+        with contextlib.suppress(Exception):
+            if self.send_resync:
+                resync = _dumps({"type": "resync", "after": self.last_id})
+                await self.base_send({"type": "websocket.send", "text": resync})
+            await self.base_send({"type": "websocket.close", "code": self.close_code})
+
     async def _deliver(self, payload: dict, *, acknowledgement: bool = False) -> None:
         if self.fell_behind:
-            return  # closing: whatever is still queued comes back in the client's replay
-        if self.delivered.add(payload["id"]) or acknowledgement:
-            await self._send_json({"type": "message", "message": payload})
-            if not acknowledgement and (self.last_id is None or payload["id"] > self.last_id):
-                self.last_id = payload["id"]
+            return  # closing: whatever is still to come is in the client's replay
+        await self._send_json({"type": "message", "message": payload})
+        if not acknowledgement:
+            self._sent(payload["id"])
 
     async def _broadcast(self, event: dict) -> None:
         await events.agroup_send(events.consultation_group(self.consultation_id), event)
@@ -573,6 +612,33 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
 
     async def _send_json(self, data: dict) -> None:
         try:
-            await self.send(text_data=json.dumps(data, separators=(",", ":")))
+            await self.base_send({"type": "websocket.send", "text": _dumps(data)})
         except Exception as exc:  # the client went away mid-send; disconnect() follows
             logger.debug("websocket send failed: %r", exc)
+
+
+def _dumps(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+async def _finish(coroutine, waiting) -> None:
+    """Run a coroutine that was started by hand (``send(None)``) and suspended on
+    ``waiting`` to its end, as a task would."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                # What a task does with a yielded future before waiting on it.
+                waiting._asyncio_future_blocking = False
+                await waiting
+        except BaseException as exc:
+            try:
+                waiting = coroutine.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting = coroutine.send(None)
+        except StopIteration:
+            return

@@ -1,8 +1,11 @@
-"""Fan-out through the channel layer: group names, event shapes, failure-proof sends.
+"""Fan-out: group names, event shapes, failure-proof sends.
 
-The database is the truth and the channel layer the fast path (delivery is at-most-once):
-a failed or slow fan-out is logged and dropped, never raised into the write that caused it.
-Clients that missed something resync with ``?after=<last seen id>``.
+Consultation and user groups travel through the chat hub (messaging.hub: one Redis
+pub/sub subscription per group per process, each event encoded once); other groups (a
+console session's sockets) through the channel layer. The database is the truth and the
+live path the fast one (delivery is at-most-once, and a socket that may have missed
+something is told to resync): a failed or slow fan-out is logged and dropped, never raised
+into the write that caused it. Clients resync with ``?after=<last seen id>``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from django.conf import settings
 from django.db import transaction
 from redis import asyncio as aioredis
 
+from messaging import hub
+
 logger = logging.getLogger("medease.messaging")
 
 
@@ -35,11 +40,14 @@ def user_group(user_id: int) -> str:
 async def agroup_send(group: str, event: dict) -> bool:
     """group_send bounded by MESSAGING_FANOUT_TIMEOUT_SECONDS; False (logged) on failure."""
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None and hub.channel_of(group) is None:
         return False
     try:
         await asyncio.wait_for(
-            layer.group_send(group, event), timeout=settings.MESSAGING_FANOUT_TIMEOUT_SECONDS
+            hub.apublish(group, event)
+            if hub.channel_of(group) is not None
+            else layer.group_send(group, event),
+            timeout=settings.MESSAGING_FANOUT_TIMEOUT_SECONDS,
         )
     except Exception as exc:  # Redis down, slow or full: the stored data is the truth.
         logger.warning(
@@ -51,6 +59,13 @@ async def agroup_send(group: str, event: dict) -> bool:
 
 def group_send(group: str, event: dict) -> bool:
     """Synchronous :func:`agroup_send` (services, listeners). Never raises."""
+    if hub.channel_of(group) is not None:
+        try:
+            hub.publish(group, event)  # bounded by the client's socket timeout
+        except Exception as exc:  # Redis down or slow: the stored data is the truth.
+            logger.warning("fan-out of %s to %s failed: %r", event.get("type"), group, exc)
+            return False
+        return True
     try:
         return async_to_sync(agroup_send)(group, event)
     except Exception as exc:  # e.g. no usable event loop; same rule: log, do not fail.
@@ -173,6 +188,9 @@ class ChatChannelLayer(RedisChannelLayer):
 
     async def group_send(self, group, message):
         assert self.require_valid_group_name(group), "Group name not valid"
+        if hub.channel_of(group) is not None:
+            # Consultation and user groups are the hub's (visits' call events arrive here).
+            return await hub.apublish(group, message)
         connection = self.connection(self.consistent_hash(group))
         key = self._group_key(group)
         await connection.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)

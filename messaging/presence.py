@@ -17,11 +17,14 @@ Presence is advisory: callers treat a failure as "unknown" and carry on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+import weakref
 
 from django.conf import settings
+from redis import asyncio as aioredis
 
 logger = logging.getLogger("medease.messaging")
 
@@ -241,6 +244,105 @@ def backend() -> RedisPresence | LocalPresence:
         if _backend is None:
             _backend = RedisPresence() if settings.REDIS_URL else LocalPresence()
         return _backend
+
+
+# --- From the event loop (the chat hub, messaging.hub) ------------------------------------
+# One async client per event loop on the cache's Redis, from a blocking pool: a burst (a
+# node's sockets all closing at once) waits for a connection instead of failing.
+_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ASYNC_POOL = 20
+
+
+def _async_client() -> aioredis.Redis:
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=_ASYNC_POOL,
+            timeout=10,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+        )
+        client = _async_clients[loop] = aioredis.Redis(connection_pool=pool)
+    return client
+
+
+def _args(user_id: int, connection: str, now: float) -> list:
+    return [_member(user_id, connection), _prefix(user_id), now, now + RedisPresence._ttl()]
+
+
+async def ajoin(*, consultation_id: int, user_id: int, connection: str) -> bool:
+    """:meth:`RedisPresence.join` without a thread (in memory without Redis)."""
+    store = backend()
+    if isinstance(store, LocalPresence):
+        return store.join(consultation_id=consultation_id, user_id=user_id, connection=connection)
+    now = time.time()
+    had = await _async_client().eval(
+        _JOIN,
+        1,
+        _KEY.format(consultation_id=consultation_id),
+        *_args(user_id, connection, now),
+        2 * RedisPresence._ttl(),
+    )
+    return not int(had)
+
+
+async def aleave_many(keys: list[tuple[int, int]], *, connection: str) -> list[bool]:
+    """Remove the entries of many (consultation, user) pairs in one round trip; for each,
+    whether it was the user's last entry there (announce them gone)."""
+    store = backend()
+    if isinstance(store, LocalPresence):
+        return [
+            store.leave(consultation_id=cid, user_id=uid, connection=connection)
+            for cid, uid in keys
+        ]
+    now = time.time()
+    pipe = _async_client().pipeline(transaction=False)
+    script = pipe.register_script(_LEAVE)
+    for cid, uid in keys:
+        await script(
+            keys=[_KEY.format(consultation_id=cid)],
+            args=[_member(uid, connection), _prefix(uid), now],
+            client=pipe,
+        )
+    return [bool(int(result)) for result in await pipe.execute()]
+
+
+async def aheartbeat_many(
+    keys: list[tuple[int, int]], *, connection: str
+) -> list[tuple[bool, list[int]]]:
+    """Renew the entries of many (consultation, user) pairs in one round trip;
+    :meth:`RedisPresence.heartbeat`'s answer for each."""
+    store = backend()
+    if isinstance(store, LocalPresence):
+        return [
+            store.heartbeat(consultation_id=cid, user_id=uid, connection=connection)
+            for cid, uid in keys
+        ]
+    now = time.time()
+    pipe = _async_client().pipeline(transaction=False)
+    script = pipe.register_script(_HEARTBEAT)
+    for cid, uid in keys:
+        await script(
+            keys=[_KEY.format(consultation_id=cid)],
+            args=[*_args(uid, connection, now), 2 * RedisPresence._ttl()],
+            client=pipe,
+        )
+    return [
+        (bool(int(result[0])), [int(other) for other in result[1:]])
+        for result in await pipe.execute()
+    ]
+
+
+async def aonline_users(*, consultation_id: int) -> set[int]:
+    store = backend()
+    if isinstance(store, LocalPresence):
+        return store.online_users(consultation_id=consultation_id)
+    members = await _async_client().zrangebyscore(
+        _KEY.format(consultation_id=consultation_id), time.time(), "+inf"
+    )
+    return {int(member.split(b"|", 1)[0]) for member in members}
 
 
 def online_users(*, consultation_id: int) -> set[int] | None:

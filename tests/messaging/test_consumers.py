@@ -15,7 +15,7 @@ from django.test import Client
 
 from accounts import services as account_services
 from consultations.models import Consultation, ConsultationStatus
-from messaging import events, services
+from messaging import hub, services
 from messaging.models import Message, ReadMarker
 from tests.messaging.conftest import issue_ticket, ws_path
 
@@ -163,11 +163,11 @@ async def test_channel_layer_failure_still_stores_and_acknowledges(chat, sockets
     patient = await open_chat(sockets, chat, chat.patient)
     provider = await open_chat(sockets, chat, chat.provider)
 
-    async def broken(group, event):
-        raise ConnectionError("channel layer down")
+    def broken(group, event):
+        raise ConnectionError("Redis down")
 
-    # Only the fan-out of sends breaks; the sockets' own receive loops stay up.
-    monkeypatch.setattr(events, "agroup_send", broken)
+    # Only the fan-out of sends (published after commit) breaks; the sockets stay up.
+    monkeypatch.setattr(hub, "publish", broken)
     await patient.send(send_event("stored anyway", "down-1"))
     ack = (await patient.receive_type("message"))["message"]
     assert ack["body"] == "stored anyway"

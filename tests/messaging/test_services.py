@@ -13,7 +13,7 @@ from django.utils import timezone
 from accounts.models import Role
 from consultations.models import Consultation, ConsultationStatus
 from medease.exceptions import Conflict, Forbidden, InvalidInput
-from messaging import events, presence, selectors, services
+from messaging import events, hub, presence, selectors, services
 from messaging.models import Message, MessageClientId, ReadMarker
 from tests.messaging.conftest import REAL_NOTIFY_UNREAD, make_consultation
 
@@ -203,11 +203,11 @@ def test_repeat_fans_out_nothing(chat, django_capture_on_commit_callbacks):
 def test_channel_layer_failure_does_not_fail_the_send(
     chat, monkeypatch, caplog, django_capture_on_commit_callbacks
 ):
-    class BrokenLayer:
-        async def group_send(self, group, message):
-            raise ConnectionError("channel layer down")
+    def broken(group, event):
+        raise ConnectionError("Redis down")
 
-    monkeypatch.setattr(events, "get_channel_layer", lambda: BrokenLayer())
+    # Consultation events go out through the chat hub (messaging.hub).
+    monkeypatch.setattr(hub, "publish", broken)
     with (
         caplog.at_level(logging.WARNING, logger="medease.messaging"),
         django_capture_on_commit_callbacks(execute=True),

@@ -71,7 +71,12 @@ def node(transactional_db, tmp_path):
     layer = RedisServer(tmp_path)
     layer.start()
     server = Node(
-        env=node_env(tmp_path, layer, CHANNEL_LAYER_CAPACITY=str(CAPACITY)),
+        # The stalled reader reads again only after the whole flood; on a loaded machine
+        # that can outlast uvicorn's keepalive (20 s ping + 20 s timeout), which would drop
+        # it (1006: its client reconnects with after=, but this test is about the flag).
+        env=node_env(
+            tmp_path, layer, CHANNEL_LAYER_CAPACITY=str(CAPACITY), UVICORN_WS_PING_INTERVAL="300"
+        ),
         log=tmp_path / "node.log",
     )
     try:
@@ -112,26 +117,38 @@ async def read_all(ws, *, quiet: float = 10.0) -> tuple[list[int], list[dict], i
 
 async def test_a_reader_that_falls_behind_is_told_and_replays_exactly(node, chat):
     cid = chat.consultation.pk
-    first, second = await asyncio.to_thread(lambda: [ticket(chat.patient) for _ in range(2)])
+    first = await asyncio.to_thread(ticket, chat.patient)
     flooder = await asyncio.to_thread(ticket, chat.provider)
     url = f"{node.ws}/ws/consultations/{cid}/?ticket="
 
     sock = stalled_socket()
     await asyncio.to_thread(sock.connect, ("127.0.0.1", node.port))
-    reader = await ws_connect(url + first, sock=sock, max_queue=1)
+    # No client pings (as browsers): a stalled client's own keepalive would drop it first.
+    reader = await ws_connect(url + first, sock=sock, max_queue=1, ping_interval=None)
     await asyncio.sleep(0.5)  # joined and present before the flood
 
-    # The provider floods over its own socket, reading its acknowledgements as they come.
+    # The provider floods over its own socket with a window of unacknowledged sends: the
+    # server reads a socket's frames one at a time, so a pong queued behind hundreds of
+    # sends would time its keepalive out on a loaded machine.
     async with ws_connect(url + flooder, max_size=2**22) as provider:
+        window = asyncio.Semaphore(16)
+
+        async def acknowledgements() -> None:
+            acknowledged = 0
+            while acknowledged < MESSAGES:
+                event = json.loads(await asyncio.wait_for(provider.recv(), 60))
+                assert event["type"] in ("message", "presence", "typing"), event
+                if event["type"] == "message":
+                    acknowledged += 1
+                    window.release()
+
+        reading = asyncio.ensure_future(acknowledgements())
         for n in range(MESSAGES):
+            await window.acquire()
             await provider.send(
                 json.dumps({"type": "message.send", "body": BODY, "client_id": f"f{n}"})
             )
-        acknowledged = 0
-        while acknowledged < MESSAGES:
-            event = json.loads(await asyncio.wait_for(provider.recv(), 30))
-            assert event["type"] in ("message", "presence", "typing"), event
-            acknowledged += event["type"] == "message"
+        await reading
     sent = await asyncio.to_thread(
         lambda: list(Message.objects.filter(consultation_id=cid).order_by("id").values_list(
             "id", flat=True
@@ -151,6 +168,7 @@ async def test_a_reader_that_falls_behind_is_told_and_replays_exactly(node, chat
 
     # The replay after the flagged id fills the gap exactly.
     query = f"&after={after}" if after is not None else "&after=0"
+    second = await asyncio.to_thread(ticket, chat.patient)  # fresh: tickets live 30 s
     async with ws_connect(url + second + query, max_size=2**22) as again:
         replayed: list[int] = []
         while len(delivered) + len(replayed) < MESSAGES:
@@ -166,9 +184,10 @@ async def test_a_full_process_queue_gets_an_overflow_note_instead_of_a_silent_dr
     )
     channel = await layer.new_channel()
     try:
-        await layer.group_add("consultation.1", channel)
+        # A channel-layer group (consultation and user groups are the hub's).
+        await layer.group_add("session.1", channel)
         for n in range(10):  # nobody receives meanwhile: 7 of them find the queue full
-            await layer.group_send("consultation.1", {"type": "chat.message", "n": n})
+            await layer.group_send("session.1", {"type": "session.note", "n": n})
         received = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(4)]
         assert [event.get("n") for event in received[:3]] == [0, 1, 2]
         assert received[3] == events.overflow_event()

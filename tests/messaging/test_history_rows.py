@@ -309,3 +309,20 @@ def test_the_create_event_commits_with_the_message_or_not_at_all(chat):
         on_stored=seen.append,
     )
     assert seen == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("direction", ["ASC", "DESC"])
+def test_the_page_query_walks_the_indexes(chat, direction):
+    from django.db import connection
+
+    sql = selectors._PAGE_SQL.format(bounds=" AND m.id > %s", direction=direction)
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute("EXPLAIN " + sql, [chat.consultation.pk, 0, 51])
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+    # Each partition's (consultation_id, id) index in id order (no sort), and each row's
+    # file check through the attachments' message index.
+    assert "consultation_id_id_idx" in plan and "Sort  " not in plan, plan
+    assert "attach_message_idx" in plan, plan

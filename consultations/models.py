@@ -273,6 +273,20 @@ class Consultation(ClinicRowMixin, models.Model):
             models.Index(fields=["patient", "scheduled_start"], name="cons_patient_start_idx"),
             models.Index(fields=["organization", "scheduled_start"], name="cons_org_start_idx"),
             models.Index(fields=["status", "scheduled_end"], name="cons_status_end_idx"),
+            # The active rows only (a few percent of a large table): open slots' overlap check
+            # and a patient's upcoming visits read them directly instead of intersecting every
+            # active row of the network with the provider's or patient's whole history
+            # (docs/performance.md, "Query plans at size").
+            models.Index(
+                fields=["provider", "scheduled_start"],
+                condition=Q(status__in=ACTIVE_STATUSES),
+                name="cons_provider_active_idx",
+            ),
+            models.Index(
+                fields=["patient", "scheduled_end"],
+                condition=Q(status__in=ACTIVE_STATUSES),
+                name="cons_patient_active_end_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -3,9 +3,10 @@
 
 Each endpoint is called through django.test.Client with a bearer token, as a client would,
 with the caches emptied first (so the cached reads reach the database) and its queries
-captured; every SELECT is then explained twice (the second run is reported: warm cache, as a
-busy server sees it). Writes (booking, the audit rows, token touch) run inside a transaction
-that is rolled back, so the database is left as it was. Fill the database first:
+captured; every SELECT is then explained six times and the run of median execution time of
+the last five is reported (warm cache, as a busy server sees it). Writes (booking, the audit
+rows, token touch) run inside a transaction that is rolled back, so the database is left as
+it was. Fill the database first:
 
     DATABASE_URL=postgres://.../medease_big .venv/bin/python manage.py fill_network
     DATABASE_URL=postgres://.../medease_big .venv/bin/python bench/query_plans.py > plans.md
@@ -154,12 +155,21 @@ def warnings_of(plan: list[str]) -> list[str]:
     return found
 
 
-def explain(sql: str) -> list[str]:
+def explain(sql: str, runs: int = 5) -> list[str]:
+    """The plan of the run with the median execution time (the first run warms the cache;
+    a shared machine's stalls land on single runs, not on the median)."""
+    plans = []
     with connection.cursor() as cursor:
-        for _ in range(2):
+        for _ in range(runs + 1):
             cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")
-            plan = [row[0] for row in cursor.fetchall()]
-    return plan
+            plans.append([row[0] for row in cursor.fetchall()])
+    plans = sorted(plans[1:], key=execution_ms)
+    return plans[len(plans) // 2]
+
+
+def execution_ms(plan: list[str]) -> float:
+    last = next((line for line in reversed(plan) if line.startswith("Execution Time")), "")
+    return float(last.split(":")[1].split()[0]) if last else 0.0
 
 
 def run(name: str, client: Client, method: str, path: str, body) -> tuple[int, list[str]]:
@@ -199,7 +209,7 @@ def main() -> None:
             "(SELECT reltuples::bigint FROM pg_class WHERE relname = 'messaging_message_p' "
             "|| to_char(now(), 'YYYY_MM')), "
             "(SELECT SUM(reltuples)::bigint FROM pg_class "
-            "WHERE relname LIKE 'messaging_message_p%%'), "
+            "WHERE relname LIKE 'messaging_message_p%%' AND relkind = 'r'), "
             "(SELECT COUNT(*) FROM consultations_consultation WHERE patient_id = %s), "
             "(SELECT COUNT(*) FROM consultations_consultation WHERE provider_id = %s)",
             [p["patient"].pk, p["provider"].pk],

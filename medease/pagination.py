@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connections
 from rest_framework import pagination
@@ -37,6 +39,57 @@ class CursorPagination(pagination.CursorPagination):
     def paginate_queryset(self, queryset, request, view=None):
         self._queryset = queryset
         return super().paginate_queryset(queryset, request, view=view)
+
+    def paginate_rows(self, fetch: Callable[..., list], request, *, model) -> list:
+        """``paginate_queryset`` for a page the caller fetches itself (``values()``-shaped
+        dicts of ``model``), with the same cursors and links.
+
+        ``fetch(after=, reverse=, offset=, limit=)`` returns up to ``limit`` rows in
+        ``self.ordering`` (reversed if ``reverse``), strictly after (before) ``after`` on the
+        first ordering field (None: from the start), skipping ``offset``. The rest is DRF's
+        ``CursorPagination.paginate_queryset`` as it is, so ``get_paginated_response``,
+        ``get_next_link`` and ``get_previous_link`` work unchanged.
+        """
+        self.ordering = tuple(self.ordering)
+        if self.ordering[0].startswith("-"):
+            # DRF flips the position's comparison for a descending first field; the fetch
+            # contract here is for ascending ones (the lists that use it).
+            raise ValueError("paginate_rows needs an ascending first ordering field")
+        self._queryset = model.objects.none()  # _check_position reads the model from it
+        self.request = request
+        self.page_size = self.get_page_size(request)
+        self.base_url = request.build_absolute_uri()
+        self.cursor = self.decode_cursor(request)
+        offset, reverse, current_position = self.cursor or (0, False, None)
+        after = None
+        if current_position is not None:
+            # Validated by decode_cursor (_check_position): a value of the field.
+            after = model._meta.get_field(self.ordering[0]).to_python(current_position)
+        results = fetch(after=after, reverse=reverse, offset=offset, limit=self.page_size + 1)
+        self.page = list(results[: self.page_size])
+        if len(results) > len(self.page):
+            has_following_position = True
+            following_position = self._get_position_from_instance(results[-1], self.ordering)
+        else:
+            has_following_position = False
+            following_position = None
+        if reverse:
+            self.page = list(reversed(self.page))
+            self.has_next = (current_position is not None) or (offset > 0)
+            self.has_previous = has_following_position
+            if self.has_next:
+                self.next_position = current_position
+            if self.has_previous:
+                self.previous_position = following_position
+        else:
+            self.has_next = has_following_position
+            self.has_previous = (current_position is not None) or (offset > 0)
+            if self.has_next:
+                self.next_position = following_position
+            if self.has_previous:
+                self.previous_position = current_position
+        self.display_page_controls = self.has_previous or self.has_next
+        return self.page
 
     def decode_cursor(self, request):
         try:

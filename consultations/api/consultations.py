@@ -13,6 +13,7 @@ from consultations import selectors, services
 from consultations.api._base import ClinicApiView, is_clinician, paginator_for, valid
 from consultations.audit import AuditAction, audit_consultations, audit_log
 from consultations.lifecycle import Transition
+from consultations.models import Consultation
 from consultations.permissions import require_patient
 from consultations.serializers import (
     BookInput,
@@ -46,12 +47,20 @@ class ConsultationsApi(ClinicApiView):
         status = None
         if "status" in request.query_params:
             status = valid(ConsultationListInput, request.query_params).get("status")
-        clinician = is_clinician(request.user)
-        queryset = selectors.consultation_rows_for_user(
-            user=request.user, clinician=clinician, status=status
-        )
+        user = request.user
+        clinician = is_clinician(user)
+
+        def fetch(**window) -> list[dict]:
+            return selectors.consultation_rows_page(
+                user=user,
+                clinician=clinician,
+                ordering=CONSULTATION_ORDERING,
+                status=status,
+                **window,
+            )
+
         paginator = paginator_for(CONSULTATION_ORDERING)
-        page = paginator.paginate_queryset(queryset, request, view=self)
+        page = paginator.paginate_rows(fetch, request, model=Consultation)
         unread = selectors.unread_counts_for(
             user=request.user, consultation_ids=[row["id"] for row in page]
         )

@@ -37,7 +37,9 @@ class ProvidersApi(ClinicApiView):
         responses={200: ProviderOutput(many=True)},
     )
     def get(self, request):
-        params = valid(ProviderListInput, request.query_params)
+        # Most callers send no filter: nothing to validate (the serializer would be a good
+        # part of a cache hit's cost).
+        params = valid(ProviderListInput, request.query_params) if request.query_params else {}
 
         def build() -> dict:
             queryset = account_selectors.providers_list(

@@ -246,7 +246,8 @@ if REDIS_URL:
     CACHES = {
         # Hot reads: a Redis outage degrades to the database instead of failing requests.
         "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            # django-redis's RedisCache, one per process (medease/redis_clients.py).
+            "BACKEND": "medease.redis_clients.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "medease",
             "OPTIONS": {**_redis_options, "IGNORE_EXCEPTIONS": True},
@@ -254,7 +255,7 @@ if REDIS_URL:
         # Rate-limit counters: errors must surface so each limit decides to fail open or
         # closed (see medease/ratelimit.py and docs/adr/0003-rate-limits.md).
         "ratelimit": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            "BACKEND": "medease.redis_clients.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "medease",
             "OPTIONS": {**_redis_options, "IGNORE_EXCEPTIONS": False},

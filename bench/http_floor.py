@@ -8,8 +8,11 @@ the same core with ``taskset`` while the load generator pins itself to the other
   serving ``bench/floor_urls.py``, one view that runs ``SELECT 1`` through the same
   psycopg pool;
 * the **app**: ``config.settings`` with ``DEBUG=0``, rate limits enforced in Redis but
-  raised, on demo data (``seed_demo``) plus bench data (patients with 45 consultations,
-  a chat of 60 messages, providers with thousands of free slots to book).
+  raised, the production audit path (``AUDIT_REDIS_URL``: PHI reads append to a Redis
+  stream that the Procfile's ``audit`` process, pinned to the load cores, drains into
+  PostgreSQL; its CPU per request is a column of its own), on demo data (``seed_demo``)
+  plus bench data (patients with 45 consultations, a chat of 60 messages, providers with
+  thousands of free slots to book).
 
 Only one of them is under load at a time. Each round measures the floor and every endpoint
 once, in alternating order (odd rounds reversed), so slow drifts of a shared machine hit
@@ -65,7 +68,7 @@ from bench.http_bench import (  # noqa: E402
     percentile,
     process_tree,
 )
-from tests.procfile import procfile_web_command  # noqa: E402
+from tests.procfile import PROCFILE, procfile_web_command  # noqa: E402
 from tests.scale.harness import (  # noqa: E402
     REPO,
     Node,
@@ -190,13 +193,18 @@ class Measurement:
     client_cores: float
     redis_commands: float
     statuses: dict[str, int] = field(default_factory=dict)
+    # CPU of the `manage.py audit_flush` process per request (the audit stream's drain).
+    flush_cpu_ms: float = 0.0
 
 
 class Load:
     """Builds each endpoint's requests from the seeded data and measures one endpoint."""
 
-    def __init__(self, args: argparse.Namespace, data: dict, pg_pids, redis_commands):
+    def __init__(
+        self, args: argparse.Namespace, data: dict, pg_pids, redis_commands, flush_pids=list
+    ):
         self.redis_commands = redis_commands
+        self.flush_pids = flush_pids
         self.args = args
         self.data = data
         self.pg_pids = pg_pids
@@ -270,6 +278,8 @@ class Load:
 
             pg_pids = self.pg_pids()
             cpu_before, pg_before = cpu_seconds(server_pids), cpu_seconds(pg_pids)
+            flush_pids = self.flush_pids()
+            flush_before = cpu_seconds(flush_pids)
             client_before = sum(os.times()[:2])
             redis_before = self.redis_commands()
             began = time.monotonic()
@@ -277,6 +287,7 @@ class Load:
             redis_used = self.redis_commands() - redis_before - 1  # the INFO itself
             elapsed = time.monotonic() - began
             cpu_used = cpu_seconds(server_pids) - cpu_before
+            flush_used = cpu_seconds(flush_pids) - flush_before
             pg_used = cpu_seconds([p for p in self.pg_pids() if p in pg_pids]) - pg_before
             client_used = sum(os.times()[:2]) - client_before
         count = len(latencies)
@@ -296,6 +307,7 @@ class Load:
             client_cores=round(client_used / elapsed, 2),
             redis_commands=round(redis_used / max(count, 1), 1),
             statuses=dict(statuses),
+            flush_cpu_ms=round(max(flush_used, 0) * 1000 / max(count, 1), 2),
         )
 
 
@@ -326,6 +338,7 @@ def summarize(measurements: list[Measurement]) -> list[dict]:
             "cpu_ms": median([m.cpu_ms for m in mine]),
             "pg_cpu_ms": median([m.pg_cpu_ms for m in mine]),
             "redis_commands": median([m.redis_commands for m in mine]),
+            "flush_cpu_ms": median([m.flush_cpu_ms for m in mine]),
             "errors": sum(m.errors for m in mine),
             "requests": sum(m.requests for m in mine),
             "rps_x": ratio("rps"),
@@ -355,9 +368,9 @@ def summarize(measurements: list[Measurement]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     lines = [
         "| endpoint | req/s | x floor | p50 ms | p95 ms | p99 ms | p99 x floor "
-        "| server CPU ms/req | CPU x floor | PostgreSQL CPU ms/req | Redis commands/req | errors "
-        "| target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU ms/req | CPU x floor | PostgreSQL CPU ms/req | Redis commands/req "
+        "| audit flush CPU ms/req | errors | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         verdict = "" if r["pass"] is None else "pass"
@@ -367,7 +380,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['endpoint']} | {r['rps']:.0f} | {r['rps_x']:.2f} | {r['p50_ms']:.1f} "
             f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['p99_x']:.2f} | {r['cpu_ms']:.2f} "
             f"| {r['cpu_x']:.2f} | {r['pg_cpu_ms']:.2f} | {r['redis_commands']:.1f} "
-            f"| {r['errors']} | {verdict} |"
+            f"| {r['flush_cpu_ms']:.2f} | {r['errors']} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -416,6 +429,49 @@ def pyspy_profile(load: Load, node: ProcfileNode, endpoint: str, out: Path, seco
         )
         spy.wait(timeout=120)
     return raw
+
+
+def _start_audit_flush(env: dict, log: Path, cpus: list[int]) -> subprocess.Popen:
+    """The Procfile's `audit` process (manage.py audit_flush), pinned to these CPUs."""
+    line = next(line for line in PROCFILE.read_text().splitlines() if line.startswith("audit:"))
+    words = line.removeprefix("audit:").strip().split()
+    words = words[1:] if words[0] == "exec" else words
+    if words[0] == "python":
+        words[0] = sys.executable
+    return subprocess.Popen(
+        ["taskset", "-c", ",".join(map(str, cpus)), *words],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _wait_for_drain(client, flusher: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    # Up (its consumer group exists: Django's start-up is not measured) and caught up.
+    while not _flusher_ready(client) or client.xlen("medease:audit") > 0:
+        if flusher.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the audit flusher did not drain the stream (see audit.log)")
+        time.sleep(0.2)
+
+
+def _flusher_ready(client) -> bool:
+    try:
+        groups = client.xinfo_groups("medease:audit")
+    except redis_client.ResponseError:  # no stream yet
+        return False
+    return any(group["name"] == b"audit-flush" for group in groups)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def fill_arguments(value: str) -> list[str]:
@@ -483,6 +539,7 @@ def main() -> None:
     redis = RedisServer(root=root / "redis")
     app: ProcfileNode | None = None
     floor: ProcfileNode | None = None
+    flusher: subprocess.Popen | None = None
     cpus = sorted(os.sched_getaffinity(0))
     measurements: list[Measurement] = []
     started = datetime.now(UTC)
@@ -493,6 +550,9 @@ def main() -> None:
         primary.query(f'CREATE DATABASE "{database}"{template}')
         redis.start()
         env = node_environment(args, primary.url(database), redis, root / "var")
+        # The production audit path: PHI reads append to a Redis stream (the bench's own
+        # redis, database 2), drained into PostgreSQL by the Procfile's `audit` process.
+        env["AUDIT_REDIS_URL"] = redis.url(2)
         print(f"setting up {database} ...", file=sys.stderr)
         manage(env, "migrate", "--noinput")
         manage(env, "seed_demo", "--force")
@@ -514,16 +574,22 @@ def main() -> None:
         )
         app.start()
         floor.start()
+        # The flusher runs on the load generator's cores, off the servers' one; its CPU is
+        # reported per request in a column of its own.
+        flusher = _start_audit_flush(env, root / "audit.log", cpus[1:] or cpus)
         if prefix:
             # The load generator keeps off the servers' core.
             os.sched_setaffinity(0, set(cpus[1:]))
         nodes = {"floor": floor}
         info = redis_client.Redis(port=redis.port)
+        # The seed's own audit events are drained before the first round.
+        _wait_for_drain(redis_client.Redis(port=redis.port, db=2), flusher)
         load = Load(
             args,
             data,
             pg_pids=lambda: backend_pids(primary, database),
             redis_commands=lambda: info.info("stats")["total_commands_processed"],
+            flush_pids=lambda: process_tree(flusher.pid),
         )
         names = ["floor", *endpoints]
         for round_ in range(args.rounds):
@@ -546,7 +612,8 @@ def main() -> None:
                     f"round {round_ + 1}/{args.rounds} {name:18} {m.rps:7.1f} req/s "
                     f"p50 {m.p50_ms:6.1f} p95 {m.p95_ms:6.1f} p99 {m.p99_ms:6.1f} ms "
                     f"cpu {m.cpu_ms:5.2f} ms/req pg {m.pg_cpu_ms:5.2f} "
-                    f"redis {m.redis_commands:4.1f} cmd/req client {m.client_cores:.2f} cores "
+                    f"redis {m.redis_commands:4.1f} cmd/req flush {m.flush_cpu_ms:4.2f} "
+                    f"client {m.client_cores:.2f} cores "
                     f"{m.statuses}",
                     file=sys.stderr,
                 )
@@ -559,6 +626,8 @@ def main() -> None:
         for node in (app, floor):
             if node is not None:
                 node.stop()
+        if flusher is not None:
+            _stop(flusher)
         redis.kill()
         with contextlib.suppress(Exception):
             primary.query(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -6,10 +6,14 @@ joining any group, replays what the client missed after ``?after=``, then stream
 inbound event is authorized again (the consultation may have closed, access may be gone)
 and goes through the same services as the REST API. Close codes: 4401 bad or missing
 credentials (also after revocation), 4403 not allowed here, 4400 bad query, 1013 a
-dependency is down (try again), 4408 the socket fell behind and events meant for it were
-dropped (after a ``resync`` event naming the last message id it delivered). On any
-other close a client reconnects with ``?after=<last id it saw>``: the database is the
-truth, the socket only the fast path.
+dependency is down (try again; after a ``resync`` event when the live path broke), 4408
+events meant for the socket may be lost (it did not keep up, or the process's pub/sub
+subscription broke) and the client must replay (after a ``resync`` event naming the last
+message id it delivered). On any other close a client reconnects with ``?after=<last id
+it saw>``: the database is the truth, the socket only the fast path.
+
+Live events come from the process's hub (messaging.hub), written to the socket without a
+per-socket channel-layer message, dispatch or encode (docs/adr/0005-chat-transport.md).
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ def _send(request, consultation_id: int, body, client_id, attachment_ids=()) -> 
     )
     if created:
         audit_message_created(request=request, consultation=consultation, message=message)
+        if not attachment_ids:  # a new message without attachments has none to read
+            return message_payload(message, ())
     # Metadata only, no signed URLs (docs/api.md): also for a repeated client_id.
     attachments = attachment_selectors.attachments_of_messages(
         consultation_id=consultation.pk, message_ids=[message.pk]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 from django.db import connections, router
 from django.db.models import QuerySet
@@ -33,45 +34,63 @@ def consultation_rows_for_user(
     return queryset.values(*consultation_columns(clinician=clinician))
 
 
-# The list's page query, compiled by the ORM once per shape and then only re-bound: its SQL
-# compilation was about a quarter of the list's CPU. The ORM stays the one source of the
-# query (visibility included); this only skips compiling the same statement again. A shape
-# is everything that changes the SQL text: the caller's scope column (``clinic_scope``), a
-# superuser, the columns, a status filter, a cursor position and its direction, and the
-# slice (the ORM writes LIMIT/OFFSET into the SQL). Values differ per call and are bound.
-_PAGE_STATEMENTS: dict[tuple, tuple[str, tuple]] = {}
-_PAGE_STATEMENTS_MAX = 512
+# The list's page and the detail's row come from statements the ORM compiles once per
+# shape and that are then only re-bound: compiling them was about a quarter of the list's
+# CPU. The ORM stays the one source of the SQL, visibility included (``visible_to`` builds
+# it, for a stand-in user); this only skips compiling the same statement again. A shape is
+# everything that changes the SQL text: what ``visible_to`` reads of the user (role,
+# superuser, whether staff have a clinic), the columns, the filters present, the ordering
+# and direction, and the slice (the ORM writes LIMIT/OFFSET into the SQL). Values are bound.
+_STATEMENTS: dict[tuple, tuple[str, tuple]] = {}
+_STATEMENTS_MAX = 512
 # Stand-ins compiled into a new shape's statement, each found again among its parameters.
 _SCOPE = -1_987_654_321  # within every integer column's range
+_PK = -1_987_654_322
 _STATUS = "\x00status"
 _AFTER = datetime(1901, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
+_SLOT_NAMES = {_SCOPE: "scope", _PK: "pk", _STATUS: "status", _AFTER: "after"}
 
 
-def _page_statement(shape: tuple, *, user: User, clinician: bool, ordering) -> tuple[str, tuple]:
-    """(sql, parameter slots) of a page of this shape; a slot is "scope", "status",
-    "after" or ("const", value)."""
-    statement = _PAGE_STATEMENTS.get(shape)
-    if statement is not None:
-        return statement
-    _kind, superuser, _clinician, has_status, has_after, reverse, offset, limit = shape
-    queryset = Consultation.objects.all()
-    if not superuser:
-        queryset = queryset.filter(**{shape[0]: _SCOPE})
-    if has_status:
-        queryset = queryset.filter(status=_STATUS)
-    queryset = queryset.values(*consultation_columns(clinician=clinician))
-    first = ordering[0]
-    if has_after:
-        # As DRF's CursorPagination: strictly after (before) the position on the first key.
-        queryset = queryset.filter(**{f"{first}__{'lt' if reverse else 'gt'}": _AFTER})
-    order = [f"-{field}" if reverse else field for field in ordering]
-    sql, params = queryset.order_by(*order)[offset : offset + limit].query.sql_with_params()
-    stand_ins = {_SCOPE: "scope", _STATUS: "status", _AFTER: "after"}
-    slots = tuple(stand_ins.get(value, ("const", value)) for value in params)
-    if len(_PAGE_STATEMENTS) >= _PAGE_STATEMENTS_MAX:
-        _PAGE_STATEMENTS.clear()
-    _PAGE_STATEMENTS[shape] = (sql, slots)
-    return sql, slots
+def _visibility(user: User) -> tuple[tuple, SimpleNamespace, int | None] | None:
+    """(shape of ``visible_to(user)``, a stand-in user giving the same SQL with the scope
+    value ``_SCOPE``, the real scope value); None when the user sees no row at all."""
+    superuser = bool(getattr(user, "is_superuser", False))
+    scope = clinic_scope(user)
+    if scope is None and not superuser:
+        return None
+    has_clinic = getattr(user, "organization_id", None) is not None
+    stand_in = SimpleNamespace(
+        is_authenticated=True,
+        is_superuser=superuser,
+        role=user.role,
+        pk=_SCOPE,
+        organization_id=_SCOPE if has_clinic else None,
+    )
+    return (user.role, superuser, has_clinic), stand_in, scope[1] if scope else None
+
+
+def _slot(value):
+    try:
+        return _SLOT_NAMES.get(value, ("const", value))
+    except TypeError:  # unhashable (a list for __in): part of the shape
+        return ("const", value)
+
+
+def _rows(shape: tuple, build: Callable[[], QuerySet], values: dict, names) -> list[dict]:
+    """The ``values()`` rows of ``build()`` (a queryset made with the stand-ins), from the
+    shape's statement compiled once, with the stand-ins bound to ``values``."""
+    statement = _STATEMENTS.get(shape)
+    if statement is None:
+        sql, params = build().query.sql_with_params()
+        statement = (sql, tuple(_slot(value) for value in params))
+        if len(_STATEMENTS) >= _STATEMENTS_MAX:
+            _STATEMENTS.clear()
+        _STATEMENTS[shape] = statement
+    sql, slots = statement
+    params = [values[slot] if isinstance(slot, str) else slot[1] for slot in slots]
+    with connections[router.db_for_read(Consultation)].cursor() as cursor:
+        cursor.execute(sql, params)
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def consultation_rows_page(
@@ -88,36 +107,47 @@ def consultation_rows_page(
     """One page of ``consultation_rows_for_user`` (the same rows, from the same SQL) in
     ``ordering`` (or reversed), after (before, if ``reverse``) the position ``after`` of the
     first ordering field, skipping ``offset`` rows: what a cursor page asks for."""
-    superuser = bool(getattr(user, "is_superuser", False))
-    scope = None if superuser else clinic_scope(user)
-    if scope is None and not superuser:
+    visibility = _visibility(user)
+    if visibility is None:
         return []  # visible_to(): no clinic role, no rows
-    shape = (
-        scope[0] if scope else None,
-        superuser,
-        clinician,
-        bool(status),
-        after is not None,
-        reverse,
-        offset,
-        limit,
-    )
-    sql, slots = _page_statement(shape, user=user, clinician=clinician, ordering=ordering)
-    values = {"scope": scope[1] if scope else None, "status": status, "after": after}
-    params = [values[slot] if isinstance(slot, str) else slot[1] for slot in slots]
-    names = consultation_columns(clinician=clinician)
-    with connections[router.db_for_read(Consultation)].cursor() as cursor:
-        cursor.execute(sql, params)
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    user_shape, stand_in, scope_value = visibility
+    has_after = after is not None
+    shape = ("page", user_shape, clinician, bool(status), has_after, ordering, reverse)
+    shape += (offset, limit)
+
+    def build() -> QuerySet:
+        queryset = consultation_rows_for_user(
+            user=stand_in, clinician=clinician, status=_STATUS if status else None
+        )
+        if has_after:
+            # As DRF's CursorPagination: strictly after (before) the position on the first
+            # ordering field, which is ascending (see CursorPagination.paginate_rows).
+            queryset = queryset.filter(**{f"{ordering[0]}__{'lt' if reverse else 'gt'}": _AFTER})
+        order = [f"-{field}" if reverse else field for field in ordering]
+        return queryset.order_by(*order)[offset : offset + limit]
+
+    values = {"scope": scope_value, "status": status, "after": after}
+    return _rows(shape, build, values, consultation_columns(clinician=clinician))
 
 
 def consultation_row_get_for_user(*, user: User, consultation_id: int, clinician: bool) -> dict:
-    """One consultation's ``values()`` row (as ``consultation_rows_for_user``), or NotFound."""
-    rows = list(
-        consultation_rows_for_user(user=user, clinician=clinician)
-        .filter(pk=consultation_id)
-        .order_by()[:1]
-    )
+    """One consultation's ``values()`` row (as ``consultation_rows_for_user``), or NotFound
+    (also when it exists but is not theirs)."""
+    visibility = _visibility(user)
+    rows = []
+    if visibility is not None:
+        user_shape, stand_in, scope_value = visibility
+
+        def build() -> QuerySet:
+            queryset = consultation_rows_for_user(user=stand_in, clinician=clinician)
+            return queryset.filter(pk=_PK).order_by()[:1]
+
+        rows = _rows(
+            ("row", user_shape, clinician),
+            build,
+            {"scope": scope_value, "pk": consultation_id},
+            consultation_columns(clinician=clinician),
+        )
     if not rows:
         raise NotFound("Consultation not found.")
     return rows[0]

@@ -14,6 +14,7 @@ from consultations import services
 from consultations.api._base import paginator_for
 from consultations.models import Consultation
 from consultations.selectors import consultations as consultation_selectors
+from medease.exceptions import NotFound
 from tests.consultations.conftest import in_hours
 
 pytestmark = pytest.mark.django_db
@@ -122,8 +123,9 @@ def test_the_list_endpoint_pages_forward_through_ties(token_client, busy_clinic,
     )
 
 
-def test_a_superuser_pages_every_row(busy_clinic):
-    admin = type("Admin", (), {"is_superuser": True, "is_authenticated": True, "pk": 0})()
+def test_a_superuser_pages_every_row(busy_clinic, make_user):
+    admin = make_user(Role.ADMIN)
+    admin.is_superuser = True
     rows = consultation_selectors.consultation_rows_page(
         user=admin, clinician=True, ordering=("scheduled_start", "id"), limit=1000
     )
@@ -147,7 +149,7 @@ def test_page_rows_are_the_orms_values_rows(busy_clinic, patient):
 
 def test_a_statement_is_reused_only_for_its_shape(busy_clinic, patient, provider):
     """The patient's statement is not the provider's: each shape compiles its own."""
-    consultation_selectors._PAGE_STATEMENTS.clear()
+    consultation_selectors._STATEMENTS.clear()
     ordering = ("scheduled_start", "id")
     for user in (patient, provider, patient):
         rows = consultation_selectors.consultation_rows_page(
@@ -155,10 +157,42 @@ def test_a_statement_is_reused_only_for_its_shape(busy_clinic, patient, provider
         )
         field = "patient_id" if user.role == Role.PATIENT else "provider_id"
         assert rows and all(row[field] == user.pk for row in rows)
-    assert len(consultation_selectors._PAGE_STATEMENTS) == 2
+    assert len(consultation_selectors._STATEMENTS) == 2
 
 
 def test_a_bad_cursor_is_400(token_client, patient):
     response = token_client(patient).get("/api/v1/consultations", {"cursor": "cD1hYmM="})
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {"cursor": ["Invalid cursor."]}
+
+
+@pytest.mark.parametrize("role", ["patient", "other_patient", "provider", "staff", "outsider"])
+def test_a_detail_row_is_the_orms_for_its_viewer_only(
+    busy_clinic, patient, other_patient, provider, staff, other_provider, role
+):
+    user = {
+        "patient": patient,
+        "other_patient": other_patient,
+        "provider": provider,
+        "staff": staff,
+        "outsider": other_provider,
+    }[role]
+    clinician = role in ("provider", "staff")
+    visible = set(Consultation.objects.visible_to(user).values_list("id", flat=True))
+    for consultation in Consultation.objects.order_by("id"):
+        if consultation.pk in visible:
+            row = consultation_selectors.consultation_row_get_for_user(
+                user=user, consultation_id=consultation.pk, clinician=clinician
+            )
+            assert row == consultation_selectors.consultation_rows_for_user(
+                user=user, clinician=clinician
+            ).get(pk=consultation.pk)
+        else:
+            with pytest.raises(NotFound):
+                consultation_selectors.consultation_row_get_for_user(
+                    user=user, consultation_id=consultation.pk, clinician=clinician
+                )
+    with pytest.raises(NotFound):
+        consultation_selectors.consultation_row_get_for_user(
+            user=user, consultation_id=2**70, clinician=clinician
+        )

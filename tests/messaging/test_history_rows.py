@@ -326,3 +326,17 @@ def test_the_page_query_walks_the_indexes(chat, direction):
     # file check through the attachments' message index.
     assert "consultation_id_id_idx" in plan and "Sort  " not in plan, plan
     assert "attach_message_idx" in plan, plan
+
+
+def test_history_and_send_answers_are_never_cached(chat, token_client):
+    from django.http import HttpResponse
+    from django.utils.cache import add_never_cache_headers
+
+    reference = HttpResponse()
+    add_never_cache_headers(reference)
+    client = token_client(chat.patient)
+    sent = client.post(url(chat), {"body": "hi", "client_id": "nc-1"}, format="json")
+    history = client.get(url(chat))
+    for response in (sent, history):
+        assert response["Cache-Control"] == reference["Cache-Control"]
+        assert response["Expires"]

@@ -102,6 +102,56 @@ return result
 """
 
 
+# The heartbeat of many entries in one script (one command per batch instead of one per
+# entry: the server's Python packs and parses one reply). KEYS: the consultations' zsets;
+# ARGV: now, expires, key ttl, then per key its member and user prefix. Returns, per key,
+# back, the number of users gone, then their ids (see _HEARTBEAT).
+_HEARTBEAT_MANY = """
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local key, member, prefix = KEYS[i], ARGV[2 + 2 * i], ARGV[3 + 2 * i]
+  local back = 0
+  if redis.call('ZSCORE', key, member) == false then
+    back = 1
+    for _, other in ipairs(redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')) do
+      if string.sub(other, 1, string.len(prefix)) == prefix then
+        back = 0
+        break
+      end
+    end
+  end
+  redis.call('ZADD', key, ARGV[2], member)
+  redis.call('EXPIRE', key, ARGV[3])
+  local gone = {}
+  local expired = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[1])
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[1])
+    local online = {}
+    for _, other in ipairs(redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')) do
+      online[string.match(other, '^(%d+)|')] = true
+    end
+    local seen = {}
+    for _, other in ipairs(expired) do
+      local uid = string.match(other, '^(%d+)|')
+      if uid and not online[uid] and not seen[uid] then
+        seen[uid] = true
+        table.insert(gone, uid)
+      end
+    end
+  end
+  table.insert(out, back)
+  table.insert(out, #gone)
+  for _, uid in ipairs(gone) do
+    table.insert(out, uid)
+  end
+end
+return out
+"""
+# Entries per heartbeat script call: bounds how long Redis runs one script.
+_HEARTBEAT_BATCH = 500
+
+
 def _member(user_id: int, connection: str) -> str:
     return f"{user_id}|{connection}"
 
@@ -320,19 +370,25 @@ async def aheartbeat_many(
             store.heartbeat(consultation_id=cid, user_id=uid, connection=connection)
             for cid, uid in keys
         ]
+    client = _async_client()
+    script = client.register_script(_HEARTBEAT_MANY)
     now = time.time()
-    pipe = _async_client().pipeline(transaction=False)
-    script = pipe.register_script(_HEARTBEAT)
-    for cid, uid in keys:
-        await script(
-            keys=[_KEY.format(consultation_id=cid)],
-            args=[*_args(uid, connection, now), 2 * RedisPresence._ttl()],
-            client=pipe,
+    answers: list[tuple[bool, list[int]]] = []
+    for start in range(0, len(keys), _HEARTBEAT_BATCH):
+        batch = keys[start : start + _HEARTBEAT_BATCH]
+        args = [now, now + RedisPresence._ttl(), 2 * RedisPresence._ttl()]
+        for _cid, uid in batch:
+            args += [_member(uid, connection), _prefix(uid)]
+        flat = await script(
+            keys=[_KEY.format(consultation_id=cid) for cid, _uid in batch], args=args
         )
-    return [
-        (bool(int(result[0])), [int(other) for other in result[1:]])
-        for result in await pipe.execute()
-    ]
+        position = 0
+        for _ in batch:
+            back, count = int(flat[position]), int(flat[position + 1])
+            gone = [int(uid) for uid in flat[position + 2 : position + 2 + count]]
+            answers.append((bool(back), gone))
+            position += 2 + count
+    return answers
 
 
 async def aonline_users(*, consultation_id: int) -> set[int]:

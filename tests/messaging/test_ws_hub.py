@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 import redis
@@ -145,3 +146,28 @@ async def test_a_socket_that_stops_reading_falls_behind_with_an_exact_prefix(cha
         for _ in range(len(sent) - len(delivered))
     ]
     assert delivered + replayed == sent
+
+
+async def test_one_heartbeat_renews_many_entries_and_reports_dead_nodes():
+    """A process renews all its (consultation, user) entries with one script per batch;
+    answers are :meth:`RedisPresence.heartbeat`'s: back, and users whose node died."""
+    from django_redis import get_redis_connection
+
+    from messaging import presence
+
+    client = get_redis_connection("default")
+    now = time.time()
+    key = presence._KEY.format(consultation_id=901)
+    # User 7's only entry belongs to a node that stopped renewing it.
+    client.zadd(key, {"7|node:dead": now - 5})
+    client.zadd(key, {"8|node:us": now + 30})
+    keys = [(901, 8), (902, 9)]  # 9's entry in 902 is missing: pruned meanwhile
+    answers = await presence.aheartbeat_many(keys, connection="node:us")
+    assert answers == [(False, [7]), (True, [])]
+    assert await presence.aonline_users(consultation_id=901) == {8}
+    assert await presence.aonline_users(consultation_id=902) == {9}
+    # Renewed: both entries now expire a TTL from now.
+    for consultation_id, user_id in keys:
+        zset = presence._KEY.format(consultation_id=consultation_id)
+        score = client.zscore(zset, f"{user_id}|node:us")
+        assert score > now + settings.MESSAGING_PRESENCE_TTL_SECONDS - 5

@@ -12,8 +12,10 @@ the database; nothing is cached while the cache is unreachable.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -86,15 +88,57 @@ def cached(*, scopes: list[str], key: str, timeout: int, build: Callable[[], T])
         tokens = _tokens(scopes)
         if tokens is None:
             return build()
-    # Fill from the primary: a replica may not have replayed the write that just bumped
-    # the version, and a stale fill would be served for the entry's whole lifetime.
-    with db_routing.use_primary():
-        value = build()
+    return _fill_once(full_key, tokens, timeout, build)
+
+
+class _Flight:
+    """One fill of an entry in this process, which concurrent misses of it wait for."""
+
+    __slots__ = ("lock", "result", "waiters")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.result: tuple[list[str], object] | None = None  # (tokens, a snapshot)
+        self.waiters = 0
+
+
+_flights: dict[str, _Flight] = {}
+_flights_guard = threading.Lock()
+# A waiter gives up waiting after this and builds the value itself.
+FLIGHT_WAIT_SECONDS = 10.0
+
+
+def _fill_once(full_key: str, tokens: list[str], timeout: int, build: Callable[[], T]) -> T:
+    """Build and store the entry; concurrent misses of the same entry in this process wait
+    for the first and share its value (when an entry expires under load, the requests that
+    miss it at once would each build it, the costliest moment of a hot read)."""
+    with _flights_guard:
+        flight = _flights.setdefault(full_key, _Flight())
+        flight.waiters += 1
+    acquired = flight.lock.acquire(timeout=FLIGHT_WAIT_SECONDS)
     try:
-        cache.set(full_key, (tokens, value), timeout=timeout)
-    except Exception as exc:
-        logger.warning("cache write failed: %s", exc)
-    return value
+        done = flight.result
+        if done is not None and done[0] == tokens:
+            # A copy of its own, as a cache hit gets: callers add per-request fields.
+            return copy.deepcopy(done[1])
+        # Fill from the primary: a replica may not have replayed the write that just
+        # bumped the version, and a stale fill would be served for the entry's lifetime.
+        with db_routing.use_primary():
+            value = build()
+        # Snapshot before the caller can change it; waiters copy the snapshot.
+        flight.result = (tokens, copy.deepcopy(value))
+        try:
+            cache.set(full_key, (tokens, value), timeout=timeout)
+        except Exception as exc:
+            logger.warning("cache write failed: %s", exc)
+        return value
+    finally:
+        if acquired:
+            flight.lock.release()
+        with _flights_guard:
+            flight.waiters -= 1
+            if flight.waiters == 0 and _flights.get(full_key) is flight:
+                del _flights[full_key]
 
 
 def invalidate(scopes: Iterable[str]) -> None:

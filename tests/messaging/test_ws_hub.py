@@ -171,3 +171,37 @@ async def test_one_heartbeat_renews_many_entries_and_reports_dead_nodes():
         zset = presence._KEY.format(consultation_id=consultation_id)
         score = client.zscore(zset, f"{user_id}|node:us")
         assert score > now + settings.MESSAGING_PRESENCE_TTL_SECONDS - 5
+
+
+async def test_without_a_layer_redis_the_hub_delivers_in_process(settings):
+    """The embedded mode (one process, no Redis): publishers on any thread reach the
+    sockets of the process's event loops directly."""
+    settings.CHANNEL_LAYER_REDIS_URL = ""
+    pushed = []
+
+    class Socket:
+        user_id = 3
+
+        def hub_push(self, kind, ident, frame):
+            pushed.append((kind, ident, frame["text"]))
+
+        def hub_lost(self, code):  # nothing to lose in process
+            raise AssertionError(code)
+
+    local = hub.Hub()
+    hub._hubs[asyncio.get_running_loop()] = local
+    socket = Socket()
+    await local.join("consultation.77", socket)
+    event = {"type": "chat.message", "message": {"id": 12, "body": "hi"}}
+    await asyncio.to_thread(hub.publish, "consultation.77", event)  # a service's thread
+    await hub.apublish("consultation.77", {"type": "chat.typing", "user": 4})
+    for _ in range(100):
+        if len(pushed) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert pushed == [
+        (hub.MESSAGE, 12, '{"type":"message","message":{"id":12,"body":"hi"}}'),
+        (hub.EXCEPT, 4, '{"type":"typing","user":4}'),
+    ]
+    local.leave("consultation.77", socket)
+    assert local.rooms == {}

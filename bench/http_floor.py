@@ -566,6 +566,12 @@ def main() -> None:
                 ),
             )
         )
+        if fill or args.template:
+            # The demo and bench accounts came after the network's statistics: their ids lie
+            # beyond every histogram, and the consultations list's plan walked all users to
+            # reach them (a merge join). Fresh statistics, as a network in steady state has
+            # (docs/performance.md, "Query plans at size").
+            primary.query("ANALYZE", dbname=database)
         prefix = ["taskset", "-c", str(cpus[0])] if len(cpus) > 1 else []
         app = ProcfileNode(name="app", env=env, log=root / "app.log", command_prefix=prefix)
         floor_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.floor_settings"}

@@ -18,6 +18,8 @@ def _wrappers_of_a_new_connection(alias: str) -> list:
         return list(wrapper.execute_wrappers)
     finally:
         wrapper.close()
+        if alias != "default":  # its own pool (the default one is the tests' own)
+            wrapper.close_pool()
 
 
 def test_the_primary_is_not_wrapped_without_diagnostics(db, settings):

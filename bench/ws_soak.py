@@ -86,6 +86,7 @@ class Report:
     resent: int = 0  # unacknowledged sends sent again after a reconnect
     reconnects: int = 0
     reconnect_failures: list = field(default_factory=list)
+    closed_at_end: int = 0  # sockets whose reconnect had not succeeded by the end
     server_closes: dict = field(default_factory=dict)
     resyncs: int = 0
     out_of_order: int = 0  # deliveries of an id below one the socket had already seen
@@ -129,8 +130,9 @@ def evaluate(report: Report) -> list[dict]:
     check("no error events", json.dumps(report.errors) or "{}", not report.errors)
     check(
         "reconnects succeed",
-        f"{report.reconnects} done, {len(report.reconnect_failures)} failed",
-        not report.reconnect_failures,
+        f"{report.reconnects} done, {len(report.reconnect_failures)} failed, "
+        f"{report.closed_at_end} sockets still closed at the end",
+        not report.reconnect_failures and not report.closed_at_end,
     )
     unexplained = {code: n for code, n in report.server_closes.items() if code != "4408 server"}
     check(
@@ -160,6 +162,7 @@ class Soak:
         self.sent: set[str] = set()
         self.stopping = False
         self.readers: set[asyncio.Task] = set()
+        self.reconnecting: dict[int, asyncio.Task] = {}  # slot index -> its reconnect
 
     # --- Sockets --------------------------------------------------------------------------
 
@@ -196,7 +199,7 @@ class Soak:
             slot.server_closes.append(code)
             self.report.server_closes[code] = self.report.server_closes.get(code, 0) + 1
             if not self.stopping:
-                await self.reconnect(slot, close=False)
+                self.start_reconnect(slot, close=False)
 
     def on_frame(self, slot: Slot, data: dict) -> None:
         kind = data.get("type")
@@ -217,6 +220,15 @@ class Soak:
         elif kind == "error":
             code = data.get("code", "?")
             self.report.errors[code] = self.report.errors.get(code, 0) + 1
+
+    def start_reconnect(self, slot: Slot, *, close: bool = True) -> None:
+        """One reconnect at a time per socket, never awaited by the loops that start them
+        (a reconnect to an overloaded server can take minutes)."""
+        if slot.index in self.reconnecting or self.stopping:
+            return
+        task = asyncio.ensure_future(self.reconnect(slot, close=close))
+        self.reconnecting[slot.index] = task
+        task.add_done_callback(lambda _: self.reconnecting.pop(slot.index, None))
 
     async def reconnect(self, slot: Slot, *, close: bool = True) -> None:
         if close and slot.ws is not None:
@@ -279,16 +291,7 @@ class Soak:
     async def churn_loop(self, slots: list[Slot], until: float) -> None:
         """Each interval, a share of the sockets reconnect, spread evenly over it (started
         on schedule, however long each reconnect takes)."""
-        interval, tasks = self.args.interval, []
-        busy: set[int] = set()
-
-        async def one(slot: Slot) -> None:
-            busy.add(slot.index)
-            try:
-                await self.reconnect(slot)
-            finally:
-                busy.discard(slot.index)
-
+        interval = self.args.interval
         while time.perf_counter() + interval <= until + 1:
             chosen = random.sample(slots, max(1, round(len(slots) * self.args.reconnect)))
             step = interval / len(chosen)
@@ -296,9 +299,7 @@ class Soak:
                 await asyncio.sleep(step)
                 if time.perf_counter() >= until:
                     break
-                if slot.index not in busy:
-                    tasks.append(asyncio.ensure_future(one(slot)))
-        await asyncio.gather(*tasks)
+                self.start_reconnect(slot)
 
     async def sample_loop(self, until: float) -> None:
         interval = self.args.interval
@@ -340,11 +341,18 @@ class Soak:
             self.send_loop(slots, until), self.churn_loop(slots, until), self.sample_loop(until)
         )
         # Sends have stopped: let deliveries and replays finish, then read the truth.
+        # A socket still closed gets another reconnect (with after=), within the drain.
         deadline = time.perf_counter() + args.drain
         while time.perf_counter() < deadline and (self.pending or not all(s.open for s in slots)):
+            for slot in slots:
+                if not slot.open:
+                    self.start_reconnect(slot, close=False)
             await asyncio.sleep(0.5)
         await asyncio.sleep(2.0)
         self.stopping = True
+        for task in list(self.reconnecting.values()):
+            task.cancel()
+        self.report.closed_at_end = sum(1 for slot in slots if not slot.open)
         truth = await asyncio.to_thread(self.stored_ids, [s.room for s in slots])
         self.report.stored = sum(len(ids) for ids in truth.values())
         self.report.missing = missing_deliveries(slots, truth)

@@ -43,6 +43,7 @@ def test_evaluate_fails_on_a_missing_id_a_lost_send_a_close_or_memory_growth():
         "no close we did not ask for, but 4408 (resync)"
     }
     assert not failed(server_closes={"4408 server": 3})
+    assert failed(closed_at_end=2) == {"reconnects succeed"}
     assert failed(rss_kib=[1000, 1200]) == {"RSS growth < 10% over the first interval's"}
     assert failed(stored=0) == {"messages were sent and stored"}
     assert rss_growth([1000]) is None

@@ -144,20 +144,21 @@ class ConsultationMessagesApi(APIView):
     )
     def get(self, request, consultation_id: int):
         after, before, limit = _history_params(request.query_params)
-        consultation = selectors.chat_consultation(
-            user=request.user, consultation_id=consultation_id
-        )
         if before is not None and after is None:
             # Older pages never change: a replica serves them.
-            page, more = selectors.messages_rows_page(
-                consultation_id=consultation.pk, limit=limit, before=before
+            consultation, page, more = selectors.chat_history(
+                user=request.user, consultation_id=consultation_id, limit=limit, before=before
             )
         else:
             # The live edge (newest page, resync after an id) reads the primary: a message
             # announced over the websocket a moment ago must be in the answer.
             with db_routing.use_primary():
-                page, more = selectors.messages_rows_page(
-                    consultation_id=consultation.pk, limit=limit, after=after, before=before
+                consultation, page, more = selectors.chat_history(
+                    user=request.user,
+                    consultation_id=consultation_id,
+                    limit=limit,
+                    after=after,
+                    before=before,
                 )
         with_files = [row.id for row in page if row.has_attachments and not row.deleted_at]
         attachments = (

@@ -42,19 +42,25 @@ _CHAT_CONSULTATION_SQL = (
 _SCOPE_COLUMNS = frozenset({"patient_id", "provider_id", "organization_id"})
 
 
+def _scope_condition(user: User, *, alias: str) -> tuple[str, list]:
+    """``visible_to``'s rule as an SQL condition on the consultation (``alias`` + column);
+    NotFound when the user sees no consultation at all."""
+    if getattr(user, "is_superuser", False):
+        return "", []
+    scope = clinic_scope(user)
+    if scope is None or scope[0] not in _SCOPE_COLUMNS:
+        raise NotFound("Consultation not found.")
+    return f" AND {alias}{scope[0]} = %s", [scope[1]]
+
+
 def chat_consultation(*, user: User, consultation_id: int) -> ChatConsultation:
     """The consultation's chat columns when the user may see it, else NotFound.
 
     The same rule as ``consultation_get_for_user`` (``Consultation.objects.visible_to``:
     superusers everything, otherwise ``clinic_scope``), in one plain query.
     """
-    sql, params = _CHAT_CONSULTATION_SQL, [consultation_id]
-    if not getattr(user, "is_superuser", False):
-        scope = clinic_scope(user)
-        if scope is None or scope[0] not in _SCOPE_COLUMNS:
-            raise NotFound("Consultation not found.")
-        sql += f" AND {scope[0]} = %s"
-        params.append(scope[1])
+    condition, scope_params = _scope_condition(user, alias="")
+    sql, params = _CHAT_CONSULTATION_SQL + condition, [consultation_id, *scope_params]
     with connections[router.db_for_read(Consultation)].cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -124,6 +130,71 @@ def messages_rows_page(
     if after is None:
         rows.reverse()
     return rows, more
+
+
+# PostgreSQL: the consultation check and the page in one round trip. The page is a
+# subquery on the requested id itself (not on c.id), so it is planned as the page alone:
+# ORDER BY ... LIMIT on the (consultation, id) index, no sort of the chat (a plain join,
+# or a correlated LATERAL, sorted every message of it). Joined to the visible consultation
+# row: a visible consultation without messages is one row of NULLs, an invisible one none.
+_HISTORY_SQL = (
+    "SELECT c.id, c.patient_id, c.provider_id, c.organization_id, c.status, p.*"
+    " FROM consultations_consultation c LEFT JOIN LATERAL ("
+    " SELECT m.id, m.sender_id, m.body, m.client_id, m.created_at, m.edited_at, m.deleted_at,"
+    " EXISTS (SELECT 1 FROM attachments_attachment a WHERE a.message_id = m.id"
+    " AND a.consultation_id = m.consultation_id AND a.deleted_at IS NULL) AS has_files"
+    " FROM messaging_message m WHERE m.consultation_id = %s{bounds}"
+    " ORDER BY m.id {direction} LIMIT %s"
+    ") p ON TRUE WHERE c.id = %s{scope} ORDER BY p.id {direction}"
+)
+
+
+def chat_history(
+    *,
+    user: User,
+    consultation_id: int,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+) -> tuple[ChatConsultation, list[MessageRow], bool]:
+    """:func:`chat_consultation` and :func:`messages_rows_page` together (NotFound when the
+    user may not see the consultation): one statement on PostgreSQL, two elsewhere."""
+    connection = connections[router.db_for_read(Message)]
+    if connection.vendor != "postgresql":
+        consultation = chat_consultation(user=user, consultation_id=consultation_id)
+        page, more = messages_rows_page(
+            consultation_id=consultation.pk, limit=limit, after=after, before=before
+        )
+        return consultation, page, more
+    condition, scope_params = _scope_condition(user, alias="c.")
+    bounds, params = "", [consultation_id]
+    if after is not None:
+        bounds += " AND m.id > %s"
+        params.append(after)
+    if before is not None:
+        bounds += " AND m.id < %s"
+        params.append(before)
+    direction = "ASC" if after is not None else "DESC"
+    sql = _HISTORY_SQL.format(bounds=bounds, direction=direction, scope=condition)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, limit + 1, consultation_id, *scope_params])
+        raw = cursor.fetchall()
+    if not raw:
+        raise NotFound("Consultation not found.")
+    consultation = ChatConsultation(*raw[0][:5])
+    more = len(raw) > limit
+    rows = [
+        MessageRow(
+            pk, sender, body, client_id, _aware(created), _aware(edited), _aware(deleted), bool(f)
+        )
+        for pk, sender, body, client_id, created, edited, deleted, f in (
+            row[5:] for row in raw[:limit]
+        )
+        if pk is not None
+    ]
+    if after is None:
+        rows.reverse()
+    return consultation, rows, more
 
 
 def messages_page(

@@ -340,3 +340,30 @@ def test_history_and_send_answers_are_never_cached(chat, token_client):
     for response in (sent, history):
         assert response["Cache-Control"] == reference["Cache-Control"]
         assert response["Expires"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("bounds", "bound", "direction"),
+    [(" AND m.id > %s", 0, "ASC"), (" AND m.id < %s", 2**62, "DESC")],
+)
+def test_the_history_statement_pages_on_the_index(chat, bounds, bound, direction):
+    """Consultation check and page in one statement: the page still walks the index in id
+    order under its LIMIT (only the page's own rows are sorted, above it)."""
+    from django.db import connection
+
+    sql = selectors._HISTORY_SQL.format(
+        bounds=bounds, direction=direction, scope=" AND c.patient_id = %s"
+    )
+    pk = chat.consultation.pk
+    params = [pk, bound, 51, pk, chat.patient.pk]
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = [row[0] for row in cursor.fetchall()]
+        cursor.execute("RESET enable_seqscan")
+    text = "\n".join(plan)
+    inner = text[text.index("Limit", text.index("Nested Loop")) :]
+    # (A Sort node reads "Sort  (cost..."; Merge Append's "Sort Key" merges index orders.)
+    assert "consultation_id_id_idx" in inner and "Sort  " not in inner, text
+    assert "attach_message_idx" in inner, text

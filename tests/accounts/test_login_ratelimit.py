@@ -7,10 +7,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from django.conf import settings as django_settings
 
+from accounts.models import Role
+from medease import ratelimit
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -131,10 +134,23 @@ def test_general_api_limit_per_user(auth_client, patient, limits):
     assert statuses == [200, 200, 200, 429]
 
 
+def _account_with_a_long_window(make_user):
+    """A patient whose login_account window has minutes left: the two processes below must
+    count in the same fixed window, which a window ending mid-test would split."""
+    _, period = ratelimit._split_rate(django_settings.RATE_LIMITS["login_account"][0])
+    for n in range(1000):
+        email = f"patient-w{n}@example.test"
+        now = int(time.time())
+        if ratelimit._window_end(email, period, now) - now > 120:
+            return make_user(Role.PATIENT, email=email)
+    raise AssertionError("no e-mail address with a long enough window")
+
+
 @pytest.mark.redis
-def test_the_counter_is_shared_across_processes(api, patient):
+def test_the_counter_is_shared_across_processes(api, make_user):
     """Another process counts failures for the same account in the same Redis: together
     they reach the limit (what a second web node would do)."""
+    patient = _account_with_a_long_window(make_user)
     for _ in range(7):
         login(api, patient.email, "wrong")
     script = textwrap.dedent(

@@ -10,12 +10,18 @@ class MessagingConfig(AppConfig):
 
         from accounts.services import on_credentials_revoked
         from consultations.selectors import unread_counter_register
+        from messaging.events import agroup_send
         from messaging.selectors import unread_counts_for
         from messaging.services import user_sockets_close
+        from visits.events import delivery_register
 
         # Consultation bodies (lists, detail, dashboard) carry the caller's unread count; the
         # clinic core asks through this registration, so consultations never imports messaging.
         unread_counter_register(unread_counts_for)
+
+        # Video calls' state and signals reach the consultation's sockets through the chat's
+        # hub, like its messages (visits sit below the chat and cannot import it).
+        delivery_register(agroup_send)
 
         # Logout, password change, deactivation, a role or clinic change (API or console):
         # close the user's open sockets everywhere.

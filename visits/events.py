@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -37,8 +38,22 @@ def call_signal_event(*, consultation_id: int, sender_id: int, recipient_id: int
     }
 
 
+# The chat's own fan-out (messaging.hub, which writes to the consultation's sockets) registers
+# itself here when the chat app starts: visits cannot import the chat, which sits above it.
+# Without it (visits on their own) the channel layer's group_send is used.
+_deliver: Callable[[str, dict], Awaitable[bool]] | None = None
+
+
+def delivery_register(deliver: Callable[[str, dict], Awaitable[bool]]) -> None:
+    """Route call events through ``deliver(group, event)`` (bounded, never raises)."""
+    global _deliver
+    _deliver = deliver
+
+
 async def asend(consultation_id: int, event: dict) -> bool:
     """group_send bounded by MESSAGING_FANOUT_TIMEOUT_SECONDS; False (logged) on failure."""
+    if _deliver is not None:
+        return await _deliver(consultation_group(consultation_id), event)
     layer = get_channel_layer()
     if layer is None:
         return False

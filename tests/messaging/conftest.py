@@ -200,7 +200,7 @@ class Socket:
     async def nothing(self, ignore: tuple = ("presence",)) -> bool:
         """True when nothing but ``ignore``d events reached this socket before a marker.
 
-        The marker goes through the channel layer to the consultation's group after the
+        The marker goes through the chat's fan-out to the consultation's group after the
         caller's actions, and a channel delivers in order: anything those actions sent to
         this socket arrives before it. A socket the server closed never gets the marker.
         """
@@ -209,7 +209,7 @@ class Socket:
         self.held.clear()
         token = uuid.uuid4().hex
         group = events.consultation_group(self.consultation_id)
-        await get_channel_layer().group_send(
+        assert await events.agroup_send(
             group, {"type": "chat.read", "user": MARKER_USER, "message_id": token}
         )
         while True:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
-from django.db import connections, router
+from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import QuerySet
 
 from accounts.models import User
@@ -41,14 +41,13 @@ def consultation_rows_for_user(
 # everything that changes the SQL text: what ``visible_to`` reads of the user (role,
 # superuser, whether staff have a clinic), the columns, the filters present, the ordering
 # and direction, and the slice (the ORM writes LIMIT/OFFSET into the SQL). Values are bound.
-_STATEMENTS: dict[tuple, tuple[str, tuple]] = {}
+_STATEMENTS: dict[tuple, tuple] = {}
 _STATEMENTS_MAX = 512
 # Stand-ins compiled into a new shape's statement, each found again among its parameters.
 _SCOPE = -1_987_654_321  # within every integer column's range
 _PK = -1_987_654_322
 _STATUS = "\x00status"
 _AFTER = datetime(1901, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
-_SLOT_NAMES = {_SCOPE: "scope", _PK: "pk", _STATUS: "status", _AFTER: "after"}
 
 
 def _visibility(user: User) -> tuple[tuple, SimpleNamespace, int | None] | None:
@@ -69,28 +68,56 @@ def _visibility(user: User) -> tuple[tuple, SimpleNamespace, int | None] | None:
     return (user.role, superuser, has_clinic), stand_in, scope[1] if scope else None
 
 
-def _slot(value):
+def _slot(value, stand_ins: dict):
     try:
-        return _SLOT_NAMES.get(value, ("const", value))
+        return stand_ins.get(value, ("const", value))
     except TypeError:  # unhashable (a list for __in): part of the shape
         return ("const", value)
 
 
-def _rows(shape: tuple, build: Callable[[], QuerySet], values: dict, names) -> list[dict]:
+def _prepared(field_name: str, value):
+    """``value`` as the ORM binds it for the field (e.g. SQLite's datetimes are text)."""
+    field = Consultation._meta.get_field(field_name)
+    return field.get_db_prep_value(value, connections[DEFAULT_DB_ALIAS], prepared=False)
+
+
+def _rows(
+    shape: tuple,
+    build: Callable[[], QuerySet],
+    values: dict,
+    names,
+    *,
+    after_field: str = "scheduled_start",
+) -> list[dict]:
     """The ``values()`` rows of ``build()`` (a queryset made with the stand-ins), from the
-    shape's statement compiled once, with the stand-ins bound to ``values``."""
+    shape's statement compiled once, with the stand-ins bound to ``values`` (slot name to
+    the value as bound: ``_prepared`` where the ORM would convert it)."""
     statement = _STATEMENTS.get(shape)
     if statement is None:
-        sql, params = build().query.sql_with_params()
-        statement = (sql, tuple(_slot(value) for value in params))
+        compiler = build().query.get_compiler(DEFAULT_DB_ALIAS)
+        sql, params = compiler.as_sql()
+        stand_ins = {_SCOPE: "scope", _PK: "pk", _STATUS: "status"}
+        stand_ins[_prepared(after_field, _AFTER)] = "after"
+        slots = tuple(_slot(value, stand_ins) for value in params)
+        if {slot for slot in slots if isinstance(slot, str)} != set(values):
+            # A value compiled into the SQL as something unrecognised would be bound as a
+            # constant for every later call: refuse rather than answer the wrong rows.
+            raise RuntimeError(f"statement {shape!r}: parameters not found in {params!r}")
+        # What values() would convert the raw values with (none on PostgreSQL for these
+        # columns; SQLite, the embedded default, returns datetimes as text).
+        converters = compiler.get_converters(s[0] for s in compiler.select[: compiler.col_count])
+        statement = (sql, slots, compiler, converters)
         if len(_STATEMENTS) >= _STATEMENTS_MAX:
             _STATEMENTS.clear()
         _STATEMENTS[shape] = statement
-    sql, slots = statement
+    sql, slots, compiler, converters = statement
     params = [values[slot] if isinstance(slot, str) else slot[1] for slot in slots]
     with connections[router.db_for_read(Consultation)].cursor() as cursor:
         cursor.execute(sql, params)
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        rows = cursor.fetchall()
+    if converters:
+        rows = compiler.apply_converters(rows, converters)
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def consultation_rows_page(
@@ -126,8 +153,13 @@ def consultation_rows_page(
         order = [f"-{field}" if reverse else field for field in ordering]
         return queryset.order_by(*order)[offset : offset + limit]
 
-    values = {"scope": scope_value, "status": status, "after": after}
-    return _rows(shape, build, values, consultation_columns(clinician=clinician))
+    values = {} if user_shape[1] else {"scope": scope_value}  # a superuser: no scope
+    if status:
+        values["status"] = status
+    if has_after:
+        values["after"] = _prepared(ordering[0], after)
+    names = consultation_columns(clinician=clinician)
+    return _rows(shape, build, values, names, after_field=ordering[0])
 
 
 def consultation_row_get_for_user(*, user: User, consultation_id: int, clinician: bool) -> dict:
@@ -135,7 +167,8 @@ def consultation_row_get_for_user(*, user: User, consultation_id: int, clinician
     (also when it exists but is not theirs)."""
     visibility = _visibility(user)
     rows = []
-    if visibility is not None:
+    # The ORM answers "no row" for an id no bigint holds; bound as is, it may not bind.
+    if visibility is not None and -(2**63) <= consultation_id < 2**63:
         user_shape, stand_in, scope_value = visibility
 
         def build() -> QuerySet:
@@ -145,7 +178,7 @@ def consultation_row_get_for_user(*, user: User, consultation_id: int, clinician
         rows = _rows(
             ("row", user_shape, clinician),
             build,
-            {"scope": scope_value, "pk": consultation_id},
+            {"pk": consultation_id} | ({} if user_shape[1] else {"scope": scope_value}),
             consultation_columns(clinician=clinician),
         )
     if not rows:

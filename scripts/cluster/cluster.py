@@ -303,6 +303,9 @@ def cluster_env() -> dict[str, str]:
         DATABASE_REPLICA_URLS=replica_url.geturl(),
         REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}/0",
         CELERY_BROKER_URL=f"redis://127.0.0.1:{REDIS_PORT}/1",
+        # PHI reads append their audit events to a Redis stream (the production write path,
+        # docs/adr/0007-audit-write-path.md); the `audit` process writes them to the table.
+        AUDIT_REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}/2",
         MEDEASE_VAR_DIR=str(STATE / "var"),
         MEDEASE_REQUIRE_SERVICES="1",
         DEBUG="0",
@@ -511,8 +514,11 @@ def up(args: argparse.Namespace) -> None:
             "127.0.0.1",
             "--save",
             "",
+            # The audit stream lives here too: an append-only file, as ADR 0007 asks of it.
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
             "--dir",
             str(STATE),
         ],
@@ -578,6 +584,11 @@ def up(args: argparse.Namespace) -> None:
         {**env, "PGAPPNAME": "medease-worker", "REMAP_SIGTERM": "SIGQUIT"},
     )
     spawn(
+        "audit",
+        [PYTHON, "manage.py", "audit_flush"],
+        {**env, "PGAPPNAME": "medease-audit"},
+    )
+    spawn(
         "beat",
         [
             PYTHON,
@@ -612,7 +623,7 @@ def up(args: argparse.Namespace) -> None:
 MedEase cluster is up: nginx on http://127.0.0.1:{PORT}/ balancing web nodes on
 {", ".join(f"127.0.0.1:{p}" for p in WEB_PORTS)} (HTTP and websockets), PostgreSQL primary
 {urlparse(DATABASE_URL).netloc} with a streaming replica on 127.0.0.1:{REPLICA_PORT},
-Redis on 127.0.0.1:{REDIS_PORT}, one Celery worker and one beat, coturn (TURN) on
+Redis on 127.0.0.1:{REDIS_PORT}, one Celery worker, one beat and the audit flusher, coturn (TURN) on
 127.0.0.1:{TURN_PORT}.
 
   Entry URL    http://127.0.0.1:{PORT}/
@@ -636,7 +647,15 @@ def pid_of_port_owner(port: int) -> bool:
 
 
 def down(args: argparse.Namespace) -> None:
-    for name in ("nginx", "web1", "web2", *(f"web{i}" for i in range(3, 10)), "beat", "worker"):
+    for name in (
+        "nginx",
+        "web1",
+        "web2",
+        *(f"web{i}" for i in range(3, 10)),
+        "beat",
+        "worker",
+        "audit",
+    ):
         stop(name)
     stop("coturn")
     stop("seaweedfs")
@@ -650,7 +669,8 @@ def down(args: argparse.Namespace) -> None:
 
 
 def status(args: argparse.Namespace) -> None:
-    for name in ("nginx", "web1", "web2", "worker", "beat", "redis", "coturn", "seaweedfs"):
+    names = ("nginx", "web1", "web2", "worker", "beat", "audit", "redis", "coturn", "seaweedfs")
+    for name in names:
         pid = pid_of(name)
         print(f"{name:8} {'running, pid ' + str(pid) if pid else 'stopped'}")
     replica = (REPLICA_DIR / "data" / "postmaster.pid").exists()

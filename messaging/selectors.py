@@ -243,6 +243,17 @@ def message_exists(*, consultation_id: int, message_id: int) -> bool:
     return Message.objects.filter(consultation_id=consultation_id, id=message_id).exists()
 
 
+# A message is written only after its consultation row exists (message_send inserts under
+# that row's lock, stamped with the app's clock; fill_network writes its chats from the
+# booking on). Said as a bound on the partition key, PostgreSQL skips per consultation, at
+# run time, the monthly partitions older than it (each count probed all of them: 29 at
+# size). A day's margin for app servers' clocks that disagree. SQLite has no partitions:
+# no bound there. No upper bound: now() pruned no buffers, and the close is not one in
+# filled data. The history page has none: with it the planner sorts the whole chat instead
+# of walking the (consultation, id) index under its LIMIT.
+_UNREAD_CREATED_BOUND = {"postgresql": " AND m.created_at >= c.created_at - interval '1 day'"}
+
+
 # Unread counts as hand-written SQL: the ORM form (nested Subquery/OuterRef) cost a fifth to
 # a third of the CPU of every endpoint showing a consultation, in resolving and copying its
 # expressions (docs/performance.md). One scalar count per consultation, which walks the
@@ -251,7 +262,7 @@ def message_exists(*, consultation_id: int, message_id: int) -> bool:
 _UNREAD_SQL = (
     "SELECT c.id, ("
     " SELECT COUNT(*) FROM messaging_message m"
-    " WHERE m.consultation_id = c.id AND m.deleted_at IS NULL AND m.sender_id <> %s"
+    " WHERE m.consultation_id = c.id{created} AND m.deleted_at IS NULL AND m.sender_id <> %s"
     " AND m.id > COALESCE(("
     "  SELECT r.last_read_message_id FROM messaging_readmarker r"
     "  WHERE r.consultation_id = c.id AND r.user_id = %s"
@@ -270,9 +281,12 @@ def unread_counts_for(*, user: User, consultation_ids: Iterable[int]) -> dict[in
     ids = sorted({int(pk) for pk in consultation_ids})
     if not ids:
         return {}
-    # Only "%s" placeholders are formatted in; every value goes as a parameter.
-    sql = _UNREAD_SQL.format(ids=", ".join(["%s"] * len(ids)))
+    # Only "%s" placeholders and a constant bound are formatted in; values go as parameters.
     connection = connections[router.db_for_read(Message)]
+    sql = _UNREAD_SQL.format(
+        created=_UNREAD_CREATED_BOUND.get(connection.vendor, ""),
+        ids=", ".join(["%s"] * len(ids)),
+    )
     counts = dict.fromkeys(ids, 0)
     with connection.cursor() as cursor:
         cursor.execute(sql, [user.pk, user.pk, *ids])

@@ -1,6 +1,7 @@
 """Unread counts (messaging.selectors.unread_counts_for): one query, and the counts the
 read markers imply, across message partitions, deleted and edited messages and the user's
-own messages, checked against a plain count in Python."""
+own messages, checked against a plain count in Python; on PostgreSQL, only the partitions
+from the consultation's creation on are read."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.models import Role
-from messaging import selectors
+from consultations.models import Consultation
+from messaging import partitions, selectors
 from messaging.models import Message, ReadMarker
 from tests.messaging.conftest import make_consultation
 
@@ -25,13 +27,27 @@ def _next_month():
     return first + timedelta(days=1)
 
 
-def _message(consultation, sender, *, next_month: bool = False, **fields) -> Message:
+def _last_month():
+    """Noon on the 2nd of the previous month, whose partition the tests create."""
+    first = (timezone.now().replace(day=1) - timedelta(days=1)).replace(day=1)
+    return first.replace(day=2, hour=12, minute=0, second=0, microsecond=0)
+
+
+def _created_last_month(consultation, at):
+    """The consultation as if booked at ``at`` (the previous month, which gets its
+    partition: the migration creates only the current and next month's)."""
+    partitions.ensure_partitions(months_ahead=0, today=at.date())
+    Consultation.objects.filter(pk=consultation.pk).update(created_at=at)
+    consultation.refresh_from_db()
+
+
+def _message(consultation, sender, *, next_month: bool = False, at=None, **fields) -> Message:
     return Message.objects.create(
         consultation=consultation,
         sender=sender,
         body="hello",
         client_id=f"c-{Message.objects.count()}",
-        created_at=_next_month() if next_month else timezone.now(),
+        created_at=at or (_next_month() if next_month else timezone.now()),
         **fields,
     )
 
@@ -113,3 +129,54 @@ def test_one_query_whatever_the_number_of_consultations(two_chats):
         counts = selectors.unread_counts_for(user=patient, consultation_ids=[first.pk, second.pk])
     assert counts == {first.pk: 1, second.pk: 1}
     assert len(queries.captured_queries) == 1
+
+
+def test_counts_a_chat_begun_in_an_earlier_partition(two_chats):
+    """A chat booked last month: its messages of that month and this one all count, and one
+    stamped a few hours before the consultation (an app server's clock behind) too."""
+    patient, provider, staff, first, second = two_chats
+    booked = _last_month()
+    _created_last_month(first, booked)
+    _message(first, provider, at=booked - timedelta(hours=3))  # clocks disagree
+    _message(first, provider, at=booked + timedelta(days=5))
+    read = _message(first, provider, at=booked + timedelta(days=6))
+    _message(first, provider, at=booked + timedelta(days=7), deleted_at=timezone.now())
+    _message(first, provider, at=booked + timedelta(days=8))
+    _message(first, patient)
+    _message(first, provider)
+    _message(second, staff)  # second: booked this month
+
+    counts = selectors.unread_counts_for(user=patient, consultation_ids=[first.pk, second.pk])
+    assert counts == {first.pk: 5, second.pk: 1}
+    ReadMarker.objects.create(consultation=first, user=patient, last_read_message_id=read.pk)
+    for user in (patient, provider, staff):
+        counts = selectors.unread_counts_for(user=user, consultation_ids=[first.pk, second.pk])
+        assert counts == {c.pk: _expected(user, c) for c in (first, second)}
+    assert selectors.unread_counts_for(user=patient, consultation_ids=[first.pk]) == {first.pk: 2}
+
+
+@pytest.mark.postgres
+def test_partitions_before_the_consultation_are_not_read(two_chats):
+    """PostgreSQL prunes, per consultation at run time, the partitions older than it: a
+    chat booked this month never reads last month's, one booked last month does."""
+    patient, provider, _, first, second = two_chats
+    _created_last_month(first, _last_month())
+    _message(first, provider, at=_last_month() + timedelta(days=1))
+    _message(second, provider)
+    with CaptureQueriesContext(connection) as queries:
+        selectors.unread_counts_for(user=patient, consultation_ids=[second.pk])
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + queries.captured_queries[0]["sql"])
+        plan = [line for (line,) in cursor.fetchall()]
+    last_month = partitions.partition_name(_last_month().date())
+    scans = [line for line in plan if f" on {last_month} " in line]
+    assert scans and all("never executed" in line for line in scans), plan
+
+    with CaptureQueriesContext(connection) as queries:
+        counts = selectors.unread_counts_for(user=patient, consultation_ids=[first.pk])
+    assert counts == {first.pk: 1}
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + queries.captured_queries[0]["sql"])
+        plan = [line for (line,) in cursor.fetchall()]
+    scans = [line for line in plan if f" on {last_month} " in line]
+    assert scans and not any("never executed" in line for line in scans), plan

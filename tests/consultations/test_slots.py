@@ -362,8 +362,10 @@ def test_a_deactivated_providers_cached_slots_are_404(
     assert client.get(f"/api/v1/providers/{provider.pk}/slots").status_code == 404
 
 
+@pytest.mark.redis
 def test_a_cached_page_is_one_redis_read(token_client, patient, provider, open_day):
-    """A hit reads the scopes' tokens and the entry in one MGET (no second GET)."""
+    """A hit reads the scopes' tokens and the entry in one MGET (no second GET). Redis
+    only: the local-memory cache's get_many is a loop of gets, with no round trips."""
     client = token_client(patient)
     assert len(_slot_ids(client, provider)) == 4
     calls = []

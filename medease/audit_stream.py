@@ -64,12 +64,17 @@ def _request_client() -> redis.Redis:
     return client
 
 
+def values_encode(values: dict) -> dict:
+    """The JSON-ready form of an event's column values (times in ISO 8601)."""
+    data = {name: values.get(name) for name in _FIELDS}
+    data["event_id"] = str(values["event_id"])
+    data["created_at"] = values["created_at"].isoformat()
+    return data
+
+
 def event_encode(event: AuditEvent) -> dict:
     """The JSON-ready form of an unsaved event (every column, times in ISO 8601)."""
-    data = {name: getattr(event, name) for name in _FIELDS}
-    data["event_id"] = str(event.event_id)
-    data["created_at"] = event.created_at.isoformat()
-    return data
+    return values_encode({name: getattr(event, name) for name in _FIELDS})
 
 
 def event_decode(data: dict) -> AuditEvent:
@@ -83,7 +88,13 @@ def event_decode(data: dict) -> AuditEvent:
 
 def stream_append(events: list[AuditEvent]) -> None:
     """Append events to the stream in one XADD; raises ``redis.RedisError`` on failure."""
-    payload = json.dumps([event_encode(event) for event in events], separators=(",", ":"))
+    stream_append_values([{name: getattr(event, name) for name in _FIELDS} for event in events])
+
+
+def stream_append_values(events: list[dict]) -> None:
+    """``stream_append`` for events given as column values (``event_id`` and
+    ``created_at`` set)."""
+    payload = json.dumps([values_encode(values) for values in events], separators=(",", ":"))
     _request_client().xadd(settings.AUDIT_STREAM_KEY, {FIELD: payload})
 
 

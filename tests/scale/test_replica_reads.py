@@ -94,10 +94,11 @@ def test_every_read_endpoint_reads_the_replica(read_heavy_selects):
     """Each endpoint of the scenario ran SELECTs on the replica. The primary still serves
     the first look-up of each token and its user (then cached, see accounts/token_cache.py)
     and the fills of cached lists, which read the primary on purpose (consultations/caching.py).
-    Two endpoints read nothing else once the token's user is cached (the caller's profile,
-    the cached providers list): their only SELECTs are those first fills, on the primary."""
+    Three endpoints read nothing else once the token's user is cached (the caller's profile,
+    the cached providers list, a provider's cached open slots, which look the provider up
+    only on a miss): their only SELECTs are those first fills, on the primary."""
     _, by_endpoint = read_heavy_selects
-    fills_only = {"/api/v1/me", "/api/v1/providers"}
+    fills_only = {"/api/v1/me", "/api/v1/providers", "/api/v1/providers/{id}/slots"}
     missing = [
         endpoint
         for endpoint, counts in by_endpoint.items()

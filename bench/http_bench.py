@@ -28,35 +28,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from tests.scale.harness import (  # noqa: E402
-    Node,
-    Postgres,
-    RedisServer,
-    last_json_line,
-    manage,
-    run_django,
-    unique,
+from bench.common import (  # noqa: E402
+    CpuMeter,
+    client_cpu,
+    errors,
+    hammer,
+    keep_off_server_core,
+    markdown_table,
+    percentile,
+    postgres_server,
+    process_tree,
+    scratch,
+    server_core_prefix,
+    web_environment,
 )
+from tests.scale.harness import Node, last_json_line, manage, run_django, unique  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCENARIOS = ("login", "me", "providers", "slots", "consultations", "dashboard", "message_send")
 BENCH_PASSWORD = "bench-password-9-long"  # noqa: S105 - a throwaway bench database
 
@@ -90,36 +90,6 @@ class Result:
     server_cpu_ms_per_request: float
     postgres_cpu_ms_per_request: float
     client_cores_used: float
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / CLK_TCK
-
-
-def process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            pids += process_tree(int(child))
-    return pids
-
-
-def backend_pids(primary: Postgres, database: str) -> list[int]:
-    """The PostgreSQL backends serving the bench database (the server's pooled connections)."""
-    rows = primary.query("SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,))
-    return [pid for (pid,) in rows]
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Bench:
@@ -168,40 +138,25 @@ class Bench:
         return client.get(path, headers=headers)
 
     async def run(self, scenario: str, *, seconds: float, server_pids: list[int]) -> Result:
-        latencies: list[float] = []
-        errors = 0
-        limits = httpx.Limits(max_connections=self.args.concurrency)
-        async with httpx.AsyncClient(base_url=self.url, timeout=30, limits=limits) as client:
-            stop_at = time.monotonic() + seconds
-
-            async def worker() -> None:
-                nonlocal errors
-                while time.monotonic() < stop_at:
-                    started = time.perf_counter()
-                    try:
-                        response = await self.request(client, scenario)
-                        ok = response.status_code in (200, 201)
-                    except httpx.HTTPError:
-                        ok = False
-                    latencies.append(time.perf_counter() - started)
-                    errors += not ok
-                    client.cookies.clear()
-
-            pg_pids = self.pg_pids()
-            cpu_before, pg_before = cpu_seconds(server_pids), cpu_seconds(pg_pids)
-            client_before = sum(os.times()[:2])
-            began = time.monotonic()
-            await asyncio.gather(*(worker() for _ in range(self.args.concurrency)))
-            elapsed = time.monotonic() - began
-            cpu_used = cpu_seconds(server_pids) - cpu_before
-            # Backends that lived through the run (the pool keeps them).
-            pg_used = cpu_seconds([p for p in self.pg_pids() if p in pg_pids]) - pg_before
-            client_used = sum(os.times()[:2]) - client_before
+        server, postgres, client = (
+            CpuMeter(lambda: server_pids),
+            CpuMeter(self.pg_pids),
+            client_cpu(),
+        )
+        latencies, statuses, elapsed = await hammer(
+            self.url,
+            lambda http: self.request(http, scenario),
+            concurrency=self.args.concurrency,
+            seconds=seconds,
+            limits=httpx.Limits(max_connections=self.args.concurrency),
+            meters=(server, postgres, client),
+        )
+        cpu_used, pg_used, client_used = server.used, postgres.used, client.used
         count = len(latencies)
         return Result(
             scenario=scenario,
             requests=count,
-            errors=errors,
+            errors=errors(statuses),
             seconds=round(elapsed, 2),
             rps=round(count / elapsed, 1),
             p50_ms=round(percentile(latencies, 0.50) * 1000, 1),
@@ -239,35 +194,6 @@ def book_one_each(url: str, tokens: list[str], seed: dict) -> list[int]:
     return booked
 
 
-def node_environment(args, database_url: str, redis: RedisServer, var_dir: Path) -> dict:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_", "REDIS_", "CELERY_", "RATE_", "MEDEASE_", "DEBUG"))
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=database_url,
-        REDIS_URL=redis.url(0),
-        CELERY_BROKER_URL=redis.url(1),
-        MEDEASE_VAR_DIR=str(var_dir),
-        DEBUG="0",
-        SECRET_KEY="bench-" + "x" * 50,
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        SECURE_SSL_REDIRECT="0",
-        LOG_LEVEL="WARNING",
-        DATABASE_POOL_MAX_SIZE=str(args.pool),
-        # The bench measures the work, not the limits.
-        RATE_LOGIN_ACCOUNT="1000000/m",
-        RATE_LOGIN_IP="1000000/m",
-        RATE_REGISTER_IP="1000000/m",
-        RATE_API_USER="1000000/m",
-        RATE_BOOKING_USER="1000000/m",
-        RATE_MESSAGE_USER="1000000/m",
-    )
-    return env
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
@@ -279,96 +205,89 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=10, help="DATABASE_POOL_MAX_SIZE")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    if not args.database_url.startswith("postgres"):
-        raise SystemExit("set DATABASE_URL (or --database-url) to a PostgreSQL server")
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenarios: {sorted(unknown)}; choose from {SCENARIOS}")
 
-    parsed = urlparse(args.database_url)
-    primary = Postgres(
-        host=parsed.hostname or "127.0.0.1",
-        port=parsed.port or 5432,
-        user=parsed.username or "postgres",
-        password=parsed.password or "",
-    )
-    database = unique("medease_bench_")
-    root = Path(tempfile.mkdtemp(prefix="medease-bench-"))
-    redis = RedisServer(root=root / "redis")
+    primary = postgres_server(args.database_url)
     node: Node | None = None
     cpus = sorted(os.sched_getaffinity(0))
-    try:
-        primary.query(f'CREATE DATABASE "{database}"')
-        redis.start()
-        env = node_environment(args, primary.url(database), redis, root / "var")
-        print(f"setting up {database} ...", file=sys.stderr)
-        manage(env, "migrate", "--noinput")
-        seed = last_json_line(
-            run_django(
-                env,
-                SEED.format(users=args.users, tag=unique(), password=BENCH_PASSWORD),
-            )
-        )
-        node = Node(name="bench", env=env, log=root / "server.log")
-        if len(cpus) > 1 and shutil.which("taskset"):
-            # One web process on one core; the load generator keeps off that core.
-            node.command_prefix = ["taskset", "-c", str(cpus[0])]
-            os.sched_setaffinity(0, set(cpus[1:]))
-        node.start()
-        server_pids = process_tree(node.proc.pid)
-
-        with httpx.Client(base_url=node.url, timeout=30) as client:
-            tokens = []
-            for email in seed["patients"]:
-                response = client.post(
-                    "/api/v1/auth/login", json={"email": email, "password": BENCH_PASSWORD}
+    with scratch(primary, prefix="bench") as bench_db:
+        try:
+            env = web_environment(bench_db, DATABASE_POOL_MAX_SIZE=str(args.pool))
+            print(f"setting up {bench_db.database} ...", file=sys.stderr)
+            manage(env, "migrate", "--noinput")
+            seed = last_json_line(
+                run_django(
+                    env,
+                    SEED.format(users=args.users, tag=unique(), password=BENCH_PASSWORD),
                 )
-                response.raise_for_status()
-                tokens.append(response.json()["token"])
-                client.cookies.clear()
-        bench = Bench(args, node.url, seed, tokens, pg_pids=lambda: backend_pids(primary, database))
-        if "message_send" in scenarios:
-            bench.consultations = book_one_each(node.url, tokens, seed)
-        results = []
-        for scenario in scenarios:
-            asyncio.run(bench.run(scenario, seconds=args.warmup, server_pids=server_pids))
-            result = asyncio.run(
-                bench.run(scenario, seconds=args.duration, server_pids=server_pids)
             )
-            results.append(result)
-            print(
-                f"{scenario:14} {result.rps:8.1f} req/s  p50 {result.p50_ms:7.1f} ms  "
-                f"p99 {result.p99_ms:7.1f} ms  server {result.server_cores_used:.2f} cores "
-                f"→ {result.rps_per_core:7.1f} req/s per core, PostgreSQL "
-                f"{result.postgres_cpu_ms_per_request} ms/request, errors {result.errors}",
-                file=sys.stderr,
-            )
-    finally:
-        if node is not None:
-            node.stop()
-        redis.kill()
-        with contextlib.suppress(Exception):
-            primary.query(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        shutil.rmtree(root, ignore_errors=True)
+            # One web process on one core; the load generator keeps off that core.
+            prefix = server_core_prefix(cpus)
+            node = Node(name="bench", env=env, log=bench_db.root / "server.log")
+            node.command_prefix = prefix
+            if prefix:
+                keep_off_server_core(cpus)
+            node.start()
+            server_pids = process_tree(node.proc.pid)
 
-    header = (
-        "| scenario | req/s | p50 ms | p99 ms | server cores used | **req/s per core** "
-        "| web CPU ms/req | PostgreSQL CPU ms/req | client cores | errors |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+            with httpx.Client(base_url=node.url, timeout=30) as client:
+                tokens = []
+                for email in seed["patients"]:
+                    response = client.post(
+                        "/api/v1/auth/login", json={"email": email, "password": BENCH_PASSWORD}
+                    )
+                    response.raise_for_status()
+                    tokens.append(response.json()["token"])
+                    client.cookies.clear()
+            bench = Bench(args, node.url, seed, tokens, pg_pids=bench_db.backend_pids)
+            if "message_send" in scenarios:
+                bench.consultations = book_one_each(node.url, tokens, seed)
+            results = []
+            for scenario in scenarios:
+                asyncio.run(bench.run(scenario, seconds=args.warmup, server_pids=server_pids))
+                result = asyncio.run(
+                    bench.run(scenario, seconds=args.duration, server_pids=server_pids)
+                )
+                results.append(result)
+                print(
+                    f"{scenario:14} {result.rps:8.1f} req/s  p50 {result.p50_ms:7.1f} ms  "
+                    f"p99 {result.p99_ms:7.1f} ms  server {result.server_cores_used:.2f} cores "
+                    f"→ {result.rps_per_core:7.1f} req/s per core, PostgreSQL "
+                    f"{result.postgres_cpu_ms_per_request} ms/request, errors {result.errors}",
+                    file=sys.stderr,
+                )
+        finally:
+            if node is not None:
+                node.stop()
+
+    table = markdown_table(
+        "scenario | req/s | p50 ms | p99 ms | server cores used | **req/s per core** "
+        "| web CPU ms/req | PostgreSQL CPU ms/req | client cores | errors",
+        [
+            (
+                r.scenario,
+                r.rps,
+                r.p50_ms,
+                r.p99_ms,
+                r.server_cores_used,
+                f"**{r.rps_per_core}**",
+                r.server_cpu_ms_per_request,
+                r.postgres_cpu_ms_per_request,
+                r.client_cores_used,
+                r.errors,
+            )
+            for r in results
+        ],
     )
-    rows = [
-        f"| {r.scenario} | {r.rps} | {r.p50_ms} | {r.p99_ms} | {r.server_cores_used} "
-        f"| **{r.rps_per_core}** | {r.server_cpu_ms_per_request} "
-        f"| {r.postgres_cpu_ms_per_request} | {r.client_cores_used} | {r.errors} |"
-        for r in results
-    ]
     print(
         f"\nOne uvicorn process pinned to CPU {cpus[0]}, {args.concurrency} concurrent clients, "
         f"{args.duration:.0f} s per scenario, {os.cpu_count()} CPUs "
         f"({statistics.mean(os.getloadavg()):.2f} load average):\n"
     )
-    print("\n".join([header, *rows]))
+    print(table)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
 

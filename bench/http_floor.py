@@ -40,20 +40,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -61,22 +57,29 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import redis as redis_client  # noqa: E402
 
-from bench.http_bench import (  # noqa: E402
-    backend_pids,
-    cpu_seconds,
-    node_environment,
+from bench.common import (  # noqa: E402
+    CpuMeter,
+    Meter,
+    client_cpu,
+    errors,
+    hammer,
+    keep_off_server_core,
+    markdown_table,
     percentile,
+    postgres_server,
     process_tree,
+    scratch,
+    server_core_prefix,
+    web_environment,
 )
 from tests.procfile import PROCFILE, procfile_web_command  # noqa: E402
 from tests.scale.harness import (  # noqa: E402
     REPO,
     Node,
-    Postgres,
-    RedisServer,
     last_json_line,
     manage,
     run_django,
+    stop_process_group,
     unique,
 )
 
@@ -257,46 +260,27 @@ class Load:
     async def measure(
         self, url: str, endpoint: str, *, seconds: float, server_pids: list[int], round_: int
     ) -> Measurement:
-        latencies: list[float] = []
-        statuses: Counter[str] = Counter()
+        server = CpuMeter(lambda: server_pids)
+        postgres, flush = CpuMeter(self.pg_pids), CpuMeter(self.flush_pids)
+        client, redis_commands = client_cpu(), Meter(self.redis_commands)
         concurrency = self.args.concurrency
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-            stop_at = time.monotonic() + seconds
-
-            async def worker() -> None:
-                while time.monotonic() < stop_at:
-                    started = time.perf_counter()
-                    try:
-                        response = await self.request(client, endpoint)
-                        status = str(response.status_code)
-                    except httpx.HTTPError as exc:
-                        status = type(exc).__name__
-                    latencies.append(time.perf_counter() - started)
-                    statuses[status] += 1
-                    client.cookies.clear()
-
-            pg_pids = self.pg_pids()
-            cpu_before, pg_before = cpu_seconds(server_pids), cpu_seconds(pg_pids)
-            flush_pids = self.flush_pids()
-            flush_before = cpu_seconds(flush_pids)
-            client_before = sum(os.times()[:2])
-            redis_before = self.redis_commands()
-            began = time.monotonic()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            redis_used = self.redis_commands() - redis_before - 1  # the INFO itself
-            elapsed = time.monotonic() - began
-            cpu_used = cpu_seconds(server_pids) - cpu_before
-            flush_used = cpu_seconds(flush_pids) - flush_before
-            pg_used = cpu_seconds([p for p in self.pg_pids() if p in pg_pids]) - pg_before
-            client_used = sum(os.times()[:2]) - client_before
+        latencies, statuses, elapsed = await hammer(
+            url,
+            lambda http: self.request(http, endpoint),
+            concurrency=concurrency,
+            seconds=seconds,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            meters=(server, postgres, flush, client, redis_commands),
+        )
+        cpu_used, pg_used, flush_used = server.used, postgres.used, flush.used
+        client_used = client.used
+        redis_used = redis_commands.used - 1  # the INFO that reads it
         count = len(latencies)
-        errors = sum(v for k, v in statuses.items() if k not in ("200", "201"))
         return Measurement(
             endpoint=endpoint,
             round=round_,
             requests=count,
-            errors=errors,
+            errors=errors(statuses),
             seconds=round(elapsed, 2),
             rps=round(count / elapsed, 1),
             p50_ms=round(percentile(latencies, 0.50) * 1000, 1),
@@ -366,23 +350,35 @@ def summarize(measurements: list[Measurement]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| endpoint | req/s | x floor | p50 ms | p95 ms | p99 ms | p99 x floor "
-        "| server CPU ms/req | CPU x floor | PostgreSQL CPU ms/req | Redis commands/req "
-        "| audit flush CPU ms/req | errors | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = []
     for r in rows:
         verdict = "" if r["pass"] is None else "pass"
         if r["pass"] is False:
             verdict = "**FAIL** (" + ", ".join(r["misses"]) + ")"
         lines.append(
-            f"| {r['endpoint']} | {r['rps']:.0f} | {r['rps_x']:.2f} | {r['p50_ms']:.1f} "
-            f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['p99_x']:.2f} | {r['cpu_ms']:.2f} "
-            f"| {r['cpu_x']:.2f} | {r['pg_cpu_ms']:.2f} | {r['redis_commands']:.1f} "
-            f"| {r['flush_cpu_ms']:.2f} | {r['errors']} | {verdict} |"
+            (
+                r["endpoint"],
+                f"{r['rps']:.0f}",
+                f"{r['rps_x']:.2f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p95_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                f"{r['p99_x']:.2f}",
+                f"{r['cpu_ms']:.2f}",
+                f"{r['cpu_x']:.2f}",
+                f"{r['pg_cpu_ms']:.2f}",
+                f"{r['redis_commands']:.1f}",
+                f"{r['flush_cpu_ms']:.2f}",
+                r["errors"],
+                verdict,
+            )
         )
-    return "\n".join(lines)
+    return markdown_table(
+        "endpoint | req/s | x floor | p50 ms | p95 ms | p99 ms | p99 x floor "
+        "| server CPU ms/req | CPU x floor | PostgreSQL CPU ms/req | Redis commands/req "
+        "| audit flush CPU ms/req | errors | target",
+        lines,
+    )
 
 
 def pyspy_profile(load: Load, node: ProcfileNode, endpoint: str, out: Path, seconds: float):
@@ -465,15 +461,6 @@ def _flusher_ready(client) -> bool:
     return any(group["name"] == b"audit-flush" for group in groups)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 def fill_arguments(value: str) -> list[str]:
     """``--fill`` as fill_network's options: "large" (its defaults) or four counts."""
     if not value:
@@ -519,125 +506,117 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2.0, 0.5
-    if not args.database_url.startswith("postgres"):
-        raise SystemExit("set DATABASE_URL (or --database-url) to a PostgreSQL server")
     endpoints = [e for e in args.endpoints.split(",") if e]
     unknown = set(endpoints) - set(ENDPOINTS)
     if unknown:
         raise SystemExit(f"unknown endpoints: {sorted(unknown)}; choose from {ENDPOINTS}")
 
     fill = fill_arguments(args.fill)
-    parsed = urlparse(args.database_url)
-    primary = Postgres(
-        host=parsed.hostname or "127.0.0.1",
-        port=parsed.port or 5432,
-        user=parsed.username or "postgres",
-        password=parsed.password or "",
-    )
-    database = unique("medease_bench_")
-    root = Path(tempfile.mkdtemp(prefix="medease-floor-"))
-    redis = RedisServer(root=root / "redis")
+    primary = postgres_server(args.database_url)
     app: ProcfileNode | None = None
     floor: ProcfileNode | None = None
     flusher: subprocess.Popen | None = None
     cpus = sorted(os.sched_getaffinity(0))
     measurements: list[Measurement] = []
     started = datetime.now(UTC)
-    try:
-        # A copy of a filled database takes minutes; filling it again, much longer. FILE_COPY:
-        # copying the files beats writing all of them to the WAL (PostgreSQL 15's default).
-        template = f' TEMPLATE "{args.template}" STRATEGY FILE_COPY' if args.template else ""
-        primary.query(f'CREATE DATABASE "{database}"{template}')
-        redis.start()
-        env = node_environment(args, primary.url(database), redis, root / "var")
-        # The production audit path: PHI reads append to a Redis stream (the bench's own
-        # redis, database 2), drained into PostgreSQL by the Procfile's `audit` process.
-        env["AUDIT_REDIS_URL"] = redis.url(2)
-        print(f"setting up {database} ...", file=sys.stderr)
-        manage(env, "migrate", "--noinput")
-        manage(env, "seed_demo", "--force")
-        if fill:
-            manage(env, "fill_network", *fill, timeout=4 * 3600)
-        data = last_json_line(
-            run_django(
-                env,
-                SEED.format(
-                    heavy=4, per_patient=45, messages=60, booking_providers=6, booking_patients=32
-                ),
+    # A copy of a filled database takes minutes; filling it again, much longer. FILE_COPY:
+    # copying the files beats writing all of them to the WAL (PostgreSQL 15's default).
+    template = f' TEMPLATE "{args.template}" STRATEGY FILE_COPY' if args.template else ""
+    with scratch(primary, prefix="bench", create_sql=template) as bench_db:
+        try:
+            # The production audit path: PHI reads append to a Redis stream (the bench's own
+            # redis, database 2), drained into PostgreSQL by the Procfile's `audit` process.
+            env = web_environment(
+                bench_db,
+                DATABASE_POOL_MAX_SIZE=str(args.pool),
+                AUDIT_REDIS_URL=bench_db.redis.url(2),
             )
-        )
-        if fill or args.template:
-            # The demo and bench accounts came after the network's statistics: their ids lie
-            # beyond every histogram, and the consultations list's plan walked all users to
-            # reach them (a merge join). Fresh statistics, as a network in steady state has
-            # (docs/performance.md, "Query plans at size").
-            primary.query("ANALYZE", dbname=database)
-        prefix = ["taskset", "-c", str(cpus[0])] if len(cpus) > 1 else []
-        app = ProcfileNode(name="app", env=env, log=root / "app.log", command_prefix=prefix)
-        floor_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.floor_settings"}
-        floor = ProcfileNode(
-            name="floor", env=floor_env, log=root / "floor.log", command_prefix=prefix
-        )
-        app.start()
-        floor.start()
-        # The flusher runs on the load generator's cores, off the servers' one; its CPU is
-        # reported per request in a column of its own.
-        flusher = _start_audit_flush(env, root / "audit.log", cpus[1:] or cpus)
-        if prefix:
-            # The load generator keeps off the servers' core.
-            os.sched_setaffinity(0, set(cpus[1:]))
-        nodes = {"floor": floor}
-        info = redis_client.Redis(port=redis.port)
-        # The seed's own audit events are drained before the first round.
-        _wait_for_drain(redis_client.Redis(port=redis.port, db=2), flusher)
-        load = Load(
-            args,
-            data,
-            pg_pids=lambda: backend_pids(primary, database),
-            redis_commands=lambda: info.info("stats")["total_commands_processed"],
-            flush_pids=lambda: process_tree(flusher.pid),
-        )
-        names = ["floor", *endpoints]
-        for round_ in range(args.rounds):
-            order = names if round_ % 2 == 0 else names[::-1]
-            for name in order:
-                node = nodes.get(name, app)
-                pids = process_tree(node.proc.pid)
-                asyncio.run(
-                    load.measure(
-                        node.url, name, seconds=args.warmup, server_pids=pids, round_=round_
-                    )
+            print(f"setting up {bench_db.database} ...", file=sys.stderr)
+            manage(env, "migrate", "--noinput")
+            manage(env, "seed_demo", "--force")
+            if fill:
+                manage(env, "fill_network", *fill, timeout=4 * 3600)
+            data = last_json_line(
+                run_django(
+                    env,
+                    SEED.format(
+                        heavy=4,
+                        per_patient=45,
+                        messages=60,
+                        booking_providers=6,
+                        booking_patients=32,
+                    ),
                 )
-                m = asyncio.run(
-                    load.measure(
-                        node.url, name, seconds=args.duration, server_pids=pids, round_=round_
-                    )
-                )
-                measurements.append(m)
-                print(
-                    f"round {round_ + 1}/{args.rounds} {name:18} {m.rps:7.1f} req/s "
-                    f"p50 {m.p50_ms:6.1f} p95 {m.p95_ms:6.1f} p99 {m.p99_ms:6.1f} ms "
-                    f"cpu {m.cpu_ms:5.2f} ms/req pg {m.pg_cpu_ms:5.2f} "
-                    f"redis {m.redis_commands:4.1f} cmd/req flush {m.flush_cpu_ms:4.2f} "
-                    f"client {m.client_cores:.2f} cores "
-                    f"{m.statuses}",
-                    file=sys.stderr,
-                )
-        for name in filter(None, args.profile.split(",")):
-            raw = pyspy_profile(
-                load, nodes.get(name, app), name, Path(args.profile_dir), args.profile_seconds
             )
-            print(f"profile of {name}: {raw}", file=sys.stderr)
-    finally:
-        for node in (app, floor):
-            if node is not None:
-                node.stop()
-        if flusher is not None:
-            _stop(flusher)
-        redis.kill()
-        with contextlib.suppress(Exception):
-            primary.query(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        shutil.rmtree(root, ignore_errors=True)
+            if fill or args.template:
+                # The demo and bench accounts came after the network's statistics: their ids lie
+                # beyond every histogram, and the consultations list's plan walked all users to
+                # reach them (a merge join). Fresh statistics, as a network in steady state has
+                # (docs/performance.md, "Query plans at size").
+                primary.query("ANALYZE", dbname=bench_db.database)
+            prefix = server_core_prefix(cpus)
+            app = ProcfileNode(
+                name="app", env=env, log=bench_db.root / "app.log", command_prefix=prefix
+            )
+            floor_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.floor_settings"}
+            floor = ProcfileNode(
+                name="floor", env=floor_env, log=bench_db.root / "floor.log", command_prefix=prefix
+            )
+            app.start()
+            floor.start()
+            # The flusher runs on the load generator's cores, off the servers' one; its CPU is
+            # reported per request in a column of its own.
+            flusher = _start_audit_flush(env, bench_db.root / "audit.log", cpus[1:] or cpus)
+            if prefix:
+                keep_off_server_core(cpus)
+            nodes = {"floor": floor}
+            info = redis_client.Redis(port=bench_db.redis.port)
+            # The seed's own audit events are drained before the first round.
+            _wait_for_drain(redis_client.Redis(port=bench_db.redis.port, db=2), flusher)
+            load = Load(
+                args,
+                data,
+                pg_pids=bench_db.backend_pids,
+                redis_commands=lambda: info.info("stats")["total_commands_processed"],
+                flush_pids=lambda: process_tree(flusher.pid),
+            )
+            names = ["floor", *endpoints]
+            for round_ in range(args.rounds):
+                order = names if round_ % 2 == 0 else names[::-1]
+                for name in order:
+                    node = nodes.get(name, app)
+                    pids = process_tree(node.proc.pid)
+                    asyncio.run(
+                        load.measure(
+                            node.url, name, seconds=args.warmup, server_pids=pids, round_=round_
+                        )
+                    )
+                    m = asyncio.run(
+                        load.measure(
+                            node.url, name, seconds=args.duration, server_pids=pids, round_=round_
+                        )
+                    )
+                    measurements.append(m)
+                    print(
+                        f"round {round_ + 1}/{args.rounds} {name:18} {m.rps:7.1f} req/s "
+                        f"p50 {m.p50_ms:6.1f} p95 {m.p95_ms:6.1f} p99 {m.p99_ms:6.1f} ms "
+                        f"cpu {m.cpu_ms:5.2f} ms/req pg {m.pg_cpu_ms:5.2f} "
+                        f"redis {m.redis_commands:4.1f} cmd/req flush {m.flush_cpu_ms:4.2f} "
+                        f"client {m.client_cores:.2f} cores "
+                        f"{m.statuses}",
+                        file=sys.stderr,
+                    )
+            for name in filter(None, args.profile.split(",")):
+                raw = pyspy_profile(
+                    load, nodes.get(name, app), name, Path(args.profile_dir), args.profile_seconds
+                )
+                print(f"profile of {name}: {raw}", file=sys.stderr)
+        finally:
+            for node in (app, floor):
+                if node is not None:
+                    node.stop()
+            if flusher is not None:
+                stop_process_group(flusher, grace=15)
 
     rows = summarize(measurements)
     load_average = ", ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -27,7 +27,6 @@ Results: docs/scaling.md, "Storage".
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -36,7 +35,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote, urlparse
@@ -48,10 +46,9 @@ import boto3  # noqa: E402
 import httpx  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
+from bench.common import CLK_TCK, cpu_seconds, postgres_server, scratch, web_environment  # noqa: E402
 from tests.scale.harness import (  # noqa: E402
     Node,
-    Postgres,
-    RedisServer,
     free_port,
     last_json_line,
     manage,
@@ -61,7 +58,6 @@ from tests.scale.harness import (  # noqa: E402
     wait_until,
 )
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 BUCKET = "medease-bench"
 
@@ -93,12 +89,6 @@ consultation, _ = consultation_services.consultation_book(
 token, _ = account_services.token_issue(user=patient)
 print(json.dumps({{"token": token, "consultation": consultation.pk}}))
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 class SeaweedFS:
@@ -190,29 +180,6 @@ class SeaweedFS:
             self.proc = None
 
 
-def environment(database_url: str, redis: RedisServer, var_dir: Path, storage_url: str) -> dict:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_", "REDIS_", "CELERY_", "RATE_", "MEDEASE_", "STORAGE_"))
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=database_url,
-        REDIS_URL=redis.url(0),
-        CELERY_BROKER_URL=redis.url(1),
-        MEDEASE_VAR_DIR=str(var_dir),
-        DEBUG="0",
-        SECRET_KEY="bench-" + "x" * 50,
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        SECURE_SSL_REDIRECT="0",
-        LOG_LEVEL="WARNING",
-        RATE_API_USER="1000000/m",
-        STORAGE_URL=storage_url,
-    )
-    return env
-
-
 def one_run(api: httpx.Client, consultation: int, body: bytes, pid: int) -> dict:
     created = api.post(
         f"/api/v1/consultations/{consultation}/attachments",
@@ -221,26 +188,26 @@ def one_run(api: httpx.Client, consultation: int, body: bytes, pid: int) -> dict
     created.raise_for_status()
     upload = created.json()["upload"]
     with httpx.Client(timeout=300) as direct:  # no bearer token: the URL is the authorization
-        cpu, start = cpu_seconds(pid), time.perf_counter()
+        cpu, start = cpu_seconds([pid]), time.perf_counter()
         put = direct.request(
             upload["method"], upload["url"], content=body, headers=upload["headers"]
         )
-        up_seconds, up_cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
+        up_seconds, up_cpu = time.perf_counter() - start, cpu_seconds([pid]) - cpu
         put.raise_for_status()
         attachment = created.json()["id"]
         api.post(f"/api/v1/attachments/{attachment}/complete").raise_for_status()
         url = api.get(f"/api/v1/attachments/{attachment}").json()["download_url"]
-        cpu, start = cpu_seconds(pid), time.perf_counter()
+        cpu, start = cpu_seconds([pid]), time.perf_counter()
         got = direct.get(url)
-        down_seconds, down_cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
+        down_seconds, down_cpu = time.perf_counter() - start, cpu_seconds([pid]) - cpu
         got.raise_for_status()
     if hashlib.sha256(got.content).digest() != hashlib.sha256(body).digest():
         raise SystemExit("the downloaded bytes differ from the uploaded ones")
     # The same length of time with nothing to do: the web process's baseline.
     idle_seconds = up_seconds + down_seconds
-    cpu = cpu_seconds(pid)
+    cpu = cpu_seconds([pid])
     time.sleep(idle_seconds)
-    idle_cpu = cpu_seconds(pid) - cpu
+    idle_cpu = cpu_seconds([pid]) - cpu
     return {
         "upload_mb_s": len(body) / MIB / up_seconds,
         "download_mb_s": len(body) / MIB / down_seconds,
@@ -259,49 +226,30 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    if not args.database_url.startswith("postgres"):
-        raise SystemExit("set DATABASE_URL (or --database-url) to a PostgreSQL server")
-    parsed = urlparse(args.database_url)
-    primary = Postgres(
-        host=parsed.hostname or "127.0.0.1",
-        port=parsed.port or 5432,
-        user=parsed.username or "postgres",
-        password=parsed.password or "",
-    )
-    database = unique("medease_storage_bench_")
-    root = Path(tempfile.mkdtemp(prefix="medease-storage-bench-"))
-    redis = RedisServer(root=root / "redis")
-    weed = SeaweedFS(root / "seaweedfs") if args.store == "seaweedfs" else None
+    primary = postgres_server(args.database_url)
     node: Node | None = None
     # A PDF as the store will see it: the magic bytes, then incompressible content.
     body = b"%PDF-1.4\n" + os.urandom(args.mib * MIB - 9)
-    try:
-        primary.query(f'CREATE DATABASE "{database}"')
-        redis.start()
-        if weed is not None:
-            weed.start()
-        env = environment(
-            primary.url(database), redis, root / "var", weed.storage_url() if weed else ""
-        )
-        manage(env, "migrate", "--noinput")
-        setup = last_json_line(run_django(env, SETUP.format(tag=unique())))
-        node = Node(name="web", env=env, log=root / "web.log")
-        node.start()
-        pid = node.proc.pid  # uvicorn without --workers: the web process itself
-        headers = {"Authorization": f"Bearer {setup['token']}"}
-        with httpx.Client(base_url=node.url, headers=headers, timeout=300) as api:
-            api.get("/api/v1/me").raise_for_status()  # warm: imports, pools, token cache
-            runs = [one_run(api, setup["consultation"], body, pid) for _ in range(args.runs)]
-    finally:
-        if node is not None:
-            node.stop()
-        if weed is not None:
-            weed.stop()
-        with contextlib.suppress(Exception):
-            redis.proc and stop_process_group(redis.proc)
-        with contextlib.suppress(Exception):
-            primary.query(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch(primary, prefix="storage_bench") as bench_db:
+        weed = SeaweedFS(bench_db.root / "seaweedfs") if args.store == "seaweedfs" else None
+        try:
+            if weed is not None:
+                weed.start()
+            env = web_environment(bench_db, STORAGE_URL=weed.storage_url() if weed else "")
+            manage(env, "migrate", "--noinput")
+            setup = last_json_line(run_django(env, SETUP.format(tag=unique())))
+            node = Node(name="web", env=env, log=bench_db.root / "web.log")
+            node.start()
+            pid = node.proc.pid  # uvicorn without --workers: the web process itself
+            headers = {"Authorization": f"Bearer {setup['token']}"}
+            with httpx.Client(base_url=node.url, headers=headers, timeout=300) as api:
+                api.get("/api/v1/me").raise_for_status()  # warm: imports, pools, token cache
+                runs = [one_run(api, setup["consultation"], body, pid) for _ in range(args.runs)]
+        finally:
+            if node is not None:
+                node.stop()
+            if weed is not None:
+                weed.stop()
 
     def median(key: str) -> float:
         return statistics.median(run[key] for run in runs)

@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-CHROMIUM = Path("/usr/bin/chromium")
+# The browser itself, not Debian's /usr/bin/chromium launcher: that sh script sources
+# /etc/chromium.d/dev-shm, whose unquoted `[ $shm_avail -lt ... ]` prints "[: ...: unexpected
+# operator" where /dev/shm is mounted twice (containers; findmnt prints two lines). Its other
+# additions (desktop flags, extensions, Google API keys) are nothing a headless test wants;
+# the flags below include the --disable-dev-shm-usage that check was there to add.
+CHROMIUM = Path("/usr/lib/chromium/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WAIT_SECONDS = 20  # two slow shared cores
 CHROMIUM_FLAGS = (

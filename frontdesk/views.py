@@ -22,7 +22,7 @@ from django.views.decorators.http import require_POST
 from accounts import services as account_services
 from accounts.models import Role, User
 from consultations import services as clinic_services
-from consultations.audit import OBJECT_TYPES, AuditAction, audit_typed_rows
+from consultations.audit import OBJECT_TYPES, AuditAction, audit_objects, audit_typed_rows
 from frontdesk import forms, selectors
 from medease.exceptions import ApplicationError, NotFound
 from workers import services as worker_services
@@ -253,15 +253,23 @@ def set_password(request, uidb64: str, token: str):
 # --- Booking by phone ----------------------------------------------------------------------------
 
 
-def _audit_write(request, *, action: str, objects) -> None:
-    audit_typed_rows(
-        request=request,
-        action=action,
-        rows=[
-            (OBJECT_TYPES[obj._meta.model_name], obj.pk, obj.patient_id, obj.organization_id)
-            for obj in objects
-        ],
-    )
+def _patient_picker(request, organization):
+    """The patient chosen by ``?patient=`` (404 unless the clinic's), and, until one is,
+    the first page of a ``?q=`` search: ``(chosen, search form, found)``."""
+    chosen = None
+    if request.GET.get("patient"):
+        chosen = selectors.desk_patient_get(
+            user=request.user, organization=organization, patient_id=_int(request.GET["patient"])
+        )
+    found = []
+    search = forms.PatientSearchForm(request.GET or None)
+    if chosen is None and search.is_valid() and search.cleaned_data["q"]:
+        found = list(
+            selectors.desk_patients(
+                user=request.user, organization=organization, query=search.cleaned_data["q"]
+            )[: selectors.PATIENTS_PAGE]
+        )
+    return chosen, search, found
 
 
 @desk_view
@@ -272,11 +280,8 @@ def book(request):
     tz = selectors.desk_zone(organization)
     day = selectors.desk_parse_day(request.GET.get("day"), tz=tz)
     providers = selectors.desk_providers(organization=organization)
-    chosen_patient = chosen_provider = None
-    if request.GET.get("patient"):
-        chosen_patient = selectors.desk_patient_get(
-            user=request.user, organization=organization, patient_id=_int(request.GET["patient"])
-        )
+    chosen_patient, search, found = _patient_picker(request, organization)
+    chosen_provider = None
     if request.GET.get("provider"):
         chosen_provider = selectors.desk_provider_get(
             user=request.user, organization=organization, provider_id=request.GET["provider"]
@@ -291,7 +296,7 @@ def book(request):
         except ApplicationError as exc:
             _error(request, exc)
         else:
-            _audit_write(request, action=AuditAction.CREATE, objects=[consultation])
+            audit_objects(request=request, action=AuditAction.CREATE, objects=[consultation])
             start = timezone.localtime(consultation.scheduled_start)
             messages.success(
                 request,
@@ -299,14 +304,6 @@ def book(request):
                 f"{start:%a %d %b %Y %H:%M} ({organization.timezone}); the patient is e-mailed.",
             )
             return HttpResponseRedirect(reverse("frontdesk:patient", args=[chosen_patient.pk]))
-    found = []
-    search = forms.PatientSearchForm(request.GET or None)
-    if chosen_patient is None and search.is_valid() and search.cleaned_data["q"]:
-        found = list(
-            selectors.desk_patients(
-                user=request.user, organization=organization, query=search.cleaned_data["q"]
-            )[: selectors.PATIENTS_PAGE]
-        )
     slots = (
         selectors.desk_open_slots(provider=chosen_provider, day=day, tz=tz)
         if chosen_provider is not None
@@ -359,7 +356,7 @@ def reschedule(request, consultation_id: int):
         except ApplicationError as exc:
             _error(request, exc)
         else:
-            _audit_write(request, action=AuditAction.UPDATE, objects=[consultation, new])
+            audit_objects(request=request, action=AuditAction.UPDATE, objects=[consultation, new])
             start = timezone.localtime(new.scheduled_start)
             messages.success(
                 request,
@@ -416,7 +413,7 @@ def cancel(request):
             except ApplicationError as exc:
                 refused.append(f"{visit.patient.full_name}: {exc.message}")
         if cancelled:
-            _audit_write(request, action=AuditAction.UPDATE, objects=cancelled)
+            audit_objects(request=request, action=AuditAction.UPDATE, objects=cancelled)
             messages.success(
                 request,
                 f"{len(cancelled)} visit(s) cancelled; "
@@ -545,7 +542,7 @@ def visit_action(request, consultation_id: int, action: str):
     except ApplicationError as exc:
         _error(request, exc)
     else:
-        _audit_write(request, action=AuditAction.UPDATE, objects=[consultation])
+        audit_objects(request=request, action=AuditAction.UPDATE, objects=[consultation])
         messages.success(request, f"{consultation.patient.full_name}: {done}.")
     return HttpResponseRedirect(_safe_next(request, reverse("frontdesk:board")))
 
@@ -559,11 +556,7 @@ def walk_ins(request):
     walk-in; call next; remove with a reason."""
     organization = request.desk_organization
     providers = selectors.desk_providers(organization=organization)
-    chosen = None
-    if request.GET.get("patient"):
-        chosen = selectors.desk_patient_get(
-            user=request.user, organization=organization, patient_id=_int(request.GET["patient"])
-        )
+    chosen, search, found = _patient_picker(request, organization)
     form = forms.WalkInForm(request.POST or None, providers=providers)
     if request.method == "POST" and chosen is not None and form.is_valid():
         provider = selectors.desk_provider_get(
@@ -576,17 +569,9 @@ def walk_ins(request):
         except ApplicationError as exc:
             _error(request, exc)
         else:
-            _audit_write(request, action=AuditAction.CREATE, objects=[entry])
+            audit_objects(request=request, action=AuditAction.CREATE, objects=[entry])
             messages.success(request, f"{chosen.full_name} is waiting for {provider.full_name}.")
             return HttpResponseRedirect(reverse("frontdesk:walk_ins"))
-    found = []
-    search = forms.PatientSearchForm(request.GET or None)
-    if chosen is None and search.is_valid() and search.cleaned_data["q"]:
-        found = list(
-            selectors.desk_patients(
-                user=request.user, organization=organization, query=search.cleaned_data["q"]
-            )[: selectors.PATIENTS_PAGE]
-        )
     tz = selectors.desk_zone(organization)
     rows = selectors.desk_day(
         user=request.user, organization=organization, day=timezone.now().astimezone(tz).date()
@@ -625,7 +610,7 @@ def call_next(request, provider_id: int):
     except ApplicationError as exc:
         _error(request, exc)
     else:
-        _audit_write(request, action=AuditAction.CREATE, objects=[consultation])
+        audit_objects(request=request, action=AuditAction.CREATE, objects=[consultation])
         end = timezone.localtime(consultation.scheduled_end)
         messages.success(
             request,
@@ -650,7 +635,7 @@ def queue_remove(request, entry_id: int):
         except ApplicationError as exc:
             _error(request, exc)
         else:
-            _audit_write(request, action=AuditAction.UPDATE, objects=[entry])
+            audit_objects(request=request, action=AuditAction.UPDATE, objects=[entry])
             messages.success(request, f"{entry.patient.full_name} is out of the queue.")
             return HttpResponseRedirect(_safe_next(request, reverse("frontdesk:walk_ins")))
     _audit_read(request, objects=[entry])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+from django.conf import settings
 from django.db.models import Prefetch
 
 from accounts.models import User
 from consultations import lifecycle
+from consultations.models import Consultation
 from consultations.selectors import consultation_get_for_user
 from medease.exceptions import Conflict, NotFound
 from visits.models import Call, CallParticipant
@@ -49,3 +53,15 @@ def call_signal_check(*, sender_id: int, recipient_id: int, consultation_id: int
         raise Conflict("Join the call (POST …/call) before signaling.", code="not_in_call")
     if recipient_id == sender_id or recipient_id not in in_call:
         raise Conflict("That user is not in the call.", code="not_in_call")
+
+
+def overdue_visits(*, now: datetime, **filters) -> list[Consultation]:
+    """Visits matching ``filters`` (status, who joined the call) whose scheduled end plus
+    VISIT_NO_SHOW_GRACE_MINUTES has passed, with the names a notice needs: the oldest 500
+    (the beat jobs catch up run by run)."""
+    grace = timedelta(minutes=settings.VISIT_NO_SHOW_GRACE_MINUTES)
+    return list(
+        Consultation.objects.filter(scheduled_end__lt=now - grace, **filters)
+        .select_related("patient", "provider", "organization")
+        .order_by("id")[:500]
+    )

@@ -9,21 +9,21 @@ instead of deadlocking or computing the call's status from a stale list of who i
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Role, User
 from accounts.selectors import organization_members
 from consultations import lifecycle
+from consultations import notifications as clinic_notifications
 from consultations.models import Consultation, ConsultationStatus
 from consultations.services import consultation_mark_visit_no_show, consultation_start
 from medease.exceptions import Conflict, Forbidden, NotFound
 from visits import events
 from visits.models import Call, CallParticipant, CallStatus
-from visits.selectors import call_with_participants
+from visits.selectors import call_with_participants, overdue_visits
 from visits.serializers import call_payload
 from workers.services import notification_record
 
@@ -171,20 +171,6 @@ def call_end_for_closed_consultation(consultation_id: int) -> None:
 PROVIDER_ABSENT = "provider_absent"
 
 
-def _provider_absent_payload(consultation: Consultation) -> dict:
-    # Names and times only, like the clinic's other notifications (no reason, no notes).
-    return {
-        "consultation_id": consultation.pk,
-        "patient_id": consultation.patient_id,
-        "provider_id": consultation.provider_id,
-        "scheduled_start": consultation.scheduled_start.astimezone(UTC).isoformat(),
-        "scheduled_end": consultation.scheduled_end.astimezone(UTC).isoformat(),
-        "provider_name": consultation.provider.full_name,
-        "patient_name": consultation.patient.full_name,
-        "organization_name": consultation.organization.name,
-    }
-
-
 def visits_report_absent_providers(*, now: datetime | None = None) -> int:
     """Beat job: a visit whose patient joined the call but whose provider never did, by the
     scheduled end plus VISIT_NO_SHOW_GRACE_MINUTES, is reported to the patient and to the
@@ -194,16 +180,11 @@ def visits_report_absent_providers(*, now: datetime | None = None) -> int:
     Returns the number of consultations reported.
     """
     now = now or timezone.now()
-    grace = timedelta(minutes=settings.VISIT_NO_SHOW_GRACE_MINUTES)
-    overdue = list(
-        Consultation.objects.filter(
-            status=ConsultationStatus.SCHEDULED,
-            scheduled_end__lt=now - grace,
-            patient_joined_at__isnull=False,
-            provider_joined_at__isnull=True,
-        )
-        .select_related("patient", "provider", "organization")
-        .order_by("id")[:500]
+    overdue = overdue_visits(
+        now=now,
+        status=ConsultationStatus.SCHEDULED,
+        patient_joined_at__isnull=False,
+        provider_joined_at__isnull=True,
     )
     reported = 0
     for consultation in overdue:
@@ -211,7 +192,8 @@ def visits_report_absent_providers(*, now: datetime | None = None) -> int:
             role=Role.STAFF, is_active=True
         )
         recipients = [consultation.patient, *staff]
-        payload = _provider_absent_payload(consultation)
+        # The clinic's other notifications' payload: names and times only (no reason, notes).
+        payload = clinic_notifications._consultation_payload(consultation)
         with transaction.atomic():
             written = [
                 notification_record(
@@ -250,16 +232,11 @@ def visits_mark_patient_no_shows(*, now: datetime | None = None) -> int:
     never did, by the scheduled end plus VISIT_NO_SHOW_GRACE_MINUTES, is the patient's
     no-show. Safe to run twice (the transition is conditional). Returns how many."""
     now = now or timezone.now()
-    grace = timedelta(minutes=settings.VISIT_NO_SHOW_GRACE_MINUTES)
-    overdue = list(
-        Consultation.objects.filter(
-            status__in=lifecycle.TRANSITIONS["visit_no_show"].sources,
-            scheduled_end__lt=now - grace,
-            provider_joined_at__isnull=False,
-            patient_joined_at__isnull=True,
-        )
-        .select_related("patient", "provider", "organization")
-        .order_by("id")[:500]
+    overdue = overdue_visits(
+        now=now,
+        status__in=lifecycle.TRANSITIONS["visit_no_show"].sources,
+        provider_joined_at__isnull=False,
+        patient_joined_at__isnull=True,
     )
     marked = 0
     for consultation in overdue:

@@ -14,7 +14,6 @@ from medease.asgi import OneHopASGIHandler  # noqa: E402
 django_asgi_app = OneHopASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
 from medease.middleware import BodyLengthMiddleware  # noqa: E402
 from messaging.middleware import ChatAuthMiddleware  # noqa: E402
@@ -25,7 +24,8 @@ application = ProtocolTypeRouter(
         # A chunked body gets its Content-Length here, or a 413 (medease/middleware.py).
         "http": BodyLengthMiddleware(django_asgi_app),
         # Authentication happens here, not in consumers: a single-use ticket from any
-        # origin, or a session cookie only from allowed origins (messaging/middleware.py).
-        "websocket": SessionMiddlewareStack(ChatAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        # origin, or a session cookie only from allowed origins (messaging/middleware.py,
+        # which loads the session itself, only for sockets without a ticket).
+        "websocket": ChatAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )

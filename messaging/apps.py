@@ -10,6 +10,7 @@ class MessagingConfig(AppConfig):
 
         from accounts.services import on_credentials_revoked
         from consultations.selectors import unread_counter_register
+        from messaging import tickets
         from messaging.events import agroup_send
         from messaging.selectors import unread_counts_for
         from messaging.services import user_sockets_close
@@ -26,6 +27,8 @@ class MessagingConfig(AppConfig):
         # Logout, password change, deactivation, a role or clinic change (API or console):
         # close the user's open sockets everywhere.
         on_credentials_revoked(user_sockets_close)
+        # ... and refuse the websocket tickets they were issued before (messaging.tickets).
+        on_credentials_revoked(tickets.user_tickets_revoke)
         # Signing out of the console closes the sockets that session opened.
         user_logged_out.connect(_close_session_sockets, dispatch_uid="messaging-session-ended")
 

@@ -23,19 +23,25 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from importlib import import_module
 from urllib.parse import parse_qs, urlsplit
 
-from channels.auth import get_user
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync
 from channels.layers import get_channel_layer
-from channels.middleware import BaseMiddleware
 from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
 from django.contrib.auth.models import AnonymousUser
+from django.db import connection
+from django.http.cookie import parse_cookie
 from django.http.request import validate_host
+from django.utils.crypto import constant_time_compare
 from django_otp import DEVICE_ID_SESSION_KEY
 
 from accounts import mfa
-from messaging import events, selectors, tickets
+from medease import db as db_routing
+from medease.exceptions import ServiceUnavailable
+from messaging import events, tickets
 
 logger = logging.getLogger("medease.messaging")
 
@@ -64,14 +70,61 @@ def origin_allowed(scope: dict) -> bool:
     return bool(host) and validate_host(host, settings.ALLOWED_HOSTS)
 
 
-def _redeem_ticket(raw: str):
-    """(the ticket's user or None, the consultation it is bound to or None)."""
-    binding = tickets.ticket_take(raw=raw)
-    if binding is None:
-        return None, None
-    user = selectors.ticket_user(user_id=binding["user_id"], token_id=binding.get("token_id"))
-    # Tickets stored before binding existed have no such key: unbound, as they were.
-    return user, binding.get("consultation_id")
+# --- Database work of a handshake -----------------------------------------------------------
+# Channels' database_sync_to_async (thread_sensitive) runs every socket's database work in
+# ONE thread per process: in a reconnect storm each handshake queued behind all the others
+# (the soak's reconnects waited over 120 s). What a handshake must read runs on a small
+# pool of threads instead, each taking a connection from psycopg's pool per call (and
+# giving it back: CONN_MAX_AGE is 0), so a few run at once and a burst waits in the
+# executor's queue, not on one thread. SQLite (the embedded default) keeps one thread: it
+# has one writer anyway.
+HANDSHAKE_THREADS = 4
+_handshake_executor: ThreadPoolExecutor | None = None
+
+
+def handshake_db(func):
+    """``func`` as a coroutine function run on the handshake pool, reading the primary
+    (an access decision must not be made on a lagging replica)."""
+
+    def on_primary(*args, **kwargs):
+        with db_routing.use_primary():
+            return func(*args, **kwargs)
+
+    async def run(*args, **kwargs):
+        global _handshake_executor
+        if connection.vendor == "sqlite":
+            return await DatabaseSyncToAsync(on_primary)(*args, **kwargs)
+        if _handshake_executor is None:
+            _handshake_executor = ThreadPoolExecutor(HANDSHAKE_THREADS, "ws-handshake")
+        call = DatabaseSyncToAsync(on_primary, thread_sensitive=False, executor=_handshake_executor)
+        return await call(*args, **kwargs)
+
+    return run
+
+
+def _session_user(session_key: str):
+    """The active user of a console session that passed its second factor: (user or None,
+    auth_error or None), in one database hop (session, user, authenticator)."""
+    engine = import_module(settings.SESSION_ENGINE)
+    session = engine.SessionStore(session_key)
+    try:
+        user_id = session[SESSION_KEY]
+        backend_path = session[BACKEND_SESSION_KEY]
+    except KeyError:  # no such session (ended, expired) or not signed in
+        return None, "no_credentials"
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None, "no_credentials"
+    user = load_backend(backend_path).get_user(user_id)
+    if user is None:
+        return None, "no_credentials"
+    # As Django's get_user: a session from before a password change no longer counts.
+    if hasattr(user, "get_session_auth_hash"):
+        session_hash = session.get(HASH_SESSION_KEY)
+        if not (session_hash and constant_time_compare(session_hash, user.get_session_auth_hash())):
+            return None, "no_credentials"
+    if not _session_passed_mfa(user, session):
+        return None, "mfa_required"
+    return user, None
 
 
 def _session_passed_mfa(user, session) -> bool:
@@ -153,23 +206,33 @@ class _SessionWatch:
         return {"type": "websocket.disconnect", "code": CLOSE_SESSION_ENDED}
 
 
-class ChatAuthMiddleware(BaseMiddleware):
-    """Sets ``scope["user"]`` from a ticket or (from allowed origins) a session cookie."""
+class ChatAuthMiddleware:
+    """Sets ``scope["user"]`` from a ticket or (from allowed origins) a session cookie.
+
+    Outermost in the websocket stack and sessions only when no ticket is given: a ticket
+    socket (the apps' and the bench's) gets no cookie dict, session wrapper or scope copy
+    that it would keep for its whole life (docs/performance.md, "Chat delivery").
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
 
     async def __call__(self, scope, receive, send):
-        scope = dict(scope)
+        # The keys are set on the server's scope, not a copy: every layer's copy stays
+        # referenced by its frame for as long as the socket is open.
         scope["ticket_consultation"] = None
         scope["user"], scope["auth_error"], session_key = await self._authenticate(scope)
         if session_key is None:
-            return await super().__call__(scope, receive, send)
+            return await self.inner(scope, receive, send)
         watch = _SessionWatch(session_group(session_key), receive, send)
         await watch.start()
-        # A logout between the cookie check and the watch joining its group sent its close
-        # to nobody: look at the session once more now that a close would arrive.
-        if not await database_sync_to_async(scope["session"].exists)(session_key):
+        # A logout between the session check and the watch joining its group sent its
+        # close to nobody: check the session once more now that a close would arrive.
+        user, _error = await handshake_db(_session_user)(session_key)
+        if user is None:
             scope["user"], scope["auth_error"] = AnonymousUser(), "no_credentials"
         try:
-            return await super().__call__(scope, watch.receive, send)
+            return await self.inner(scope, watch.receive, send)
         finally:
             await watch.stop()
 
@@ -183,21 +246,37 @@ class ChatAuthMiddleware(BaseMiddleware):
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         ticket = (query.get("ticket") or [None])[0]
         if ticket is not None:
+            # Redis only: the ticket carries its user (messaging.tickets).
             try:
-                user, consultation_id = await database_sync_to_async(_redeem_ticket)(ticket)
-            except Exception:  # Redis or the database down: not the client's fault.
+                binding = await tickets.aticket_take(raw=ticket)
+            except ServiceUnavailable:  # Redis down: not the client's fault.
+                logger.warning("websocket ticket could not be checked: store unavailable")
+                return AnonymousUser(), "unavailable", None
+            except Exception:
                 logger.exception("websocket ticket could not be checked")
                 return AnonymousUser(), "unavailable", None
-            if user is None:
+            if binding is None:
                 return AnonymousUser(), "bad_ticket", None
-            scope["ticket_consultation"] = consultation_id
-            return user, None, None
-        if scope.get("cookies", {}).get(settings.SESSION_COOKIE_NAME):
+            scope["ticket_consultation"] = binding.get("consultation_id")
+            return binding["user"], None, None
+        session_key = _session_cookie(scope)
+        if session_key:
             if not origin_allowed(scope):
                 return AnonymousUser(), "origin_not_allowed", None
-            user = await get_user(scope)
-            if user.is_authenticated:
-                if not await database_sync_to_async(_session_passed_mfa)(user, scope["session"]):
-                    return AnonymousUser(), "mfa_required", None
-                return user, None, scope["session"].session_key
+            try:
+                user, error = await handshake_db(_session_user)(session_key)
+            except Exception:
+                logger.exception("websocket session could not be checked")
+                return AnonymousUser(), "unavailable", None
+            if user is None:
+                return AnonymousUser(), error, None
+            return user, None, session_key
         return AnonymousUser(), "no_credentials", None
+
+
+def _session_cookie(scope: dict) -> str | None:
+    """The session cookie's value, parsed only for sockets without a ticket."""
+    header = _header(scope, b"cookie")
+    if not header:
+        return None
+    return parse_cookie(header).get(settings.SESSION_COOKIE_NAME) or None

@@ -25,17 +25,21 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 
+from asgiref.sync import SyncToAsync
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.db import connections, router
 
 from attachments import selectors as attachment_selectors
 from consultations.selectors import consultation_get_for_user
@@ -53,6 +57,7 @@ from medease.exceptions import (
 from medease.parsers import MAX_DEPTH, nested_deeper_than
 from messaging import events, hub, permissions, presence, selectors, services
 from messaging.audit import audit_chat_read, audit_message_created
+from messaging.models import Message
 from messaging.scope import ScopeRequest
 from messaging.serializers import MAX_ID, MessageSendInput, message_payload
 from visits import events as call_events
@@ -73,6 +78,12 @@ BACKLOG_FRAMES = 256
 BACKLOG_BYTES = 512 * 1024
 # The HTTP middleware's rule for a client-given request id (medease.middleware).
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
+# Threads ("lanes") for websocket sends on PostgreSQL (see _send_lane). Each send takes a
+# connection from the pool for its duration, so they stay well below its max size.
+SEND_LANES = 4
+# How long a sender's acknowledgement waits for the message's own fan-out copy (which
+# comes after every message of the consultation published before it; see _on_send).
+ACK_WAIT_SECONDS = 1.0
 
 
 def _db(func):
@@ -111,27 +122,88 @@ def _recheck(user, consultation_id: int):
     return _authorize(user, consultation_id)[1]
 
 
-@_db
-def _send(request, consultation_id: int, body, client_id, attachment_ids=()) -> dict:
-    user, consultation = _authorize(request.user, consultation_id)
-    # The per-user send budget shared with the REST send, across nodes.
-    ratelimit.hit(request, name="message_user", key=ratelimit.by_user)
-    message, created = services.message_send(
-        consultation=consultation,
-        sender=user,
-        body=body,
-        client_id=client_id,
-        attachment_ids=attachment_ids,
-    )
-    if created:
-        audit_message_created(request=request, consultation=consultation, message=message)
-        if not attachment_ids:  # a new message without attachments has none to read
-            return message_payload(message, ())
-    # Metadata only, no signed URLs (docs/api.md): also for a repeated client_id.
-    attachments = attachment_selectors.attachments_of_messages(
-        consultation_id=consultation.pk, message_ids=[message.pk]
-    )
-    return message_payload(message, attachments.get(message.pk, ()))
+def _send(request, consultation_id: int, body, client_id, attachment_ids=()) -> tuple:
+    """Store one message sent over the socket: ``(payload, created)``.
+
+    The REST send's path (docs/performance.md, "Chat delivery"): the access check as one
+    plain statement (the user as they are now, like chat_access), the shared rate limit,
+    the plain-SQL store with its create event in the same transaction, fan-out on commit.
+    """
+    with db_routing.use_primary():
+        consultation = selectors.chat_access_columns(
+            user_id=request.user.pk, consultation_id=consultation_id
+        )
+        # The per-user send budget shared with the REST send, across nodes.
+        ratelimit.hit(request, name="message_user", key=ratelimit.by_user)
+        message, created = services.message_send(
+            consultation=consultation,
+            sender=request.user,
+            body=body,
+            client_id=client_id,
+            attachment_ids=attachment_ids,
+            on_stored=lambda stored: audit_message_created(
+                request=request, consultation=consultation, message=stored
+            ),
+        )
+        if created and not attachment_ids:  # a new message without attachments has none
+            return message_payload(message, ()), True
+        # Metadata only, no signed URLs (docs/api.md): also for a repeated client_id.
+        attachments = attachment_selectors.attachments_of_messages(
+            consultation_id=consultation.pk, message_ids=[message.pk]
+        )
+        return message_payload(message, attachments.get(message.pk, ())), created
+
+
+def _send_and_let_go(*args):
+    try:
+        return _send(*args)
+    finally:
+        # The connection goes back to the pool after every send, as channels'
+        # close_old_connections does with CONN_MAX_AGE 0 in production; done here because
+        # channels' test communicator turns that off, and a lane thread keeping its
+        # connection would keep the test database open (it could not be dropped).
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+
+
+_send_on_database_thread = database_sync_to_async(_send)
+_lanes: list[SyncToAsync] | None = None
+_lanes_lock = threading.Lock()
+
+
+def _send_lane(consultation_id: int) -> SyncToAsync:
+    """Where a consultation's websocket sends run in this process.
+
+    Not on channels' one database thread, which every socket of the process shares (one
+    send at a time, each waiting on its ~10 round trips): on PostgreSQL a consultation's
+    sends go to one of SEND_LANES single-thread executors, chosen by its id. Sends of
+    different consultations overlap; those of one consultation still run one at a time in
+    arrival order, each fanned out (published on commit) before the next starts, as on
+    the database thread. Each send takes a pool connection and gives it back
+    (_send_and_let_go), so a lane holds no connection, transaction or atomic state between
+    sends. SQLite (the embedded default) stays on the database thread: its in-memory test
+    database answers concurrent writers from several threads with "table is locked".
+    """
+    global _lanes
+    if _lanes is None:
+        with _lanes_lock:
+            if _lanes is None:
+                engine = settings.DATABASES[router.db_for_write(Message)]["ENGINE"]
+                _lanes = (
+                    [
+                        SyncToAsync(
+                            _send_and_let_go,
+                            thread_sensitive=False,
+                            executor=ThreadPoolExecutor(1, thread_name_prefix=f"chat-send-{n}"),
+                        )
+                        for n in range(SEND_LANES)
+                    ]
+                    if engine.endswith("postgresql")
+                    else []
+                )
+    if not _lanes:
+        return _send_on_database_thread
+    return _lanes[consultation_id % len(_lanes)]
 
 
 @_db
@@ -239,6 +311,9 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         # Live messages held back while a replay or this socket's own send is under way
         # (then released without what the replay or the acknowledgement already sent).
         self.held: list | None = None
+        # (message id, future) while this socket's acknowledgement waits for that message's
+        # fan-out copy.
+        self.awaiting: tuple[int, asyncio.Future] | None = None
         # Frames waiting for a transport above its high-water mark (see _write).
         self.backlog: deque | None = None
         self.backlog_bytes = 0
@@ -425,7 +500,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             )
         self.held = [] if self.held is None else self.held
         try:
-            payload = await _send(
+            payload, created = await _send_lane(self.consultation_id)(
                 self._request(),
                 self.consultation_id,
                 data.validated_data["body"],
@@ -437,6 +512,9 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             return await self._error(
                 exc.code, exc.message, retry_after=exc.retry_after, client_id=client_id
             )
+        except NotFound:
+            self._release()
+            raise  # access is gone: receive() closes the socket (4403), as for other events
         except ApplicationError as exc:
             self._release()
             return await self._error(
@@ -445,11 +523,32 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         except BaseException:
             self._release()
             raise
-        # The acknowledgement: the stored message, sent straight back (also for a repeated
-        # client_id, and when the fan-out failed); its fan-out copy, held meanwhile, is
-        # dropped.
-        await self._deliver(payload, acknowledgement=True)
-        self._release(skip=lambda ident: ident == payload["id"])
+        own = payload["id"]
+        if created and not self.fell_behind and all(ident != own for ident, _ in self.held):
+            # Publishes reach this process's hub in the order Redis took them, so once the
+            # new message's own copy is here, so is every message of the consultation
+            # published before it: none can come after the acknowledgement. Bounded: a
+            # fan-out that failed (logged) must not hold the answer up.
+            self.awaiting = (own, asyncio.get_running_loop().create_future())
+            try:
+                await asyncio.wait_for(self.awaiting[1], ACK_WAIT_SECONDS)
+            except TimeoutError:
+                logger.warning("no fan-out copy of message %s; acknowledging anyway", own)
+            finally:
+                self.awaiting = None
+        # Earlier messages first, then the acknowledgement (the stored message, also for a
+        # repeated client_id and when the fan-out failed), then later ones; the fan-out
+        # copy of the message itself is dropped. Written in order behind any backlog.
+        held, self.held = self.held, None
+        for ident, frame in held:
+            if ident < own:
+                self._write(frame, ident)
+        # Its id does not move the resync point: a message committed earlier on another
+        # node may still be on its way.
+        self._write(_frame({"type": "message", "message": payload}), 0)
+        for ident, frame in held:
+            if ident > own:
+                self._write(frame, ident)
 
     async def _on_typing(self, event: dict) -> None:
         now = time.monotonic()
@@ -498,6 +597,9 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         if kind == hub.MESSAGE:
             if self.held is not None:
                 self.held.append((ident, frame))
+                awaiting = self.awaiting
+                if awaiting is not None and awaiting[0] == ident and not awaiting[1].done():
+                    awaiting[1].set_result(None)
             else:
                 self._write(frame, ident)
         elif kind == hub.ALL:
@@ -578,6 +680,8 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         if self.fell_behind:
             return
         self.fell_behind = True
+        if self.awaiting is not None and not self.awaiting[1].done():
+            self.awaiting[1].set_result(None)  # nothing more is written: stop waiting
         self.close_code = code
         self.send_resync = resync
         if resync:
@@ -596,12 +700,11 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
                 await self.base_send({"type": "websocket.send", "text": resync})
             await self.base_send({"type": "websocket.close", "code": self.close_code})
 
-    async def _deliver(self, payload: dict, *, acknowledgement: bool = False) -> None:
+    async def _deliver(self, payload: dict) -> None:
         if self.fell_behind:
             return  # closing: whatever is still to come is in the client's replay
         await self._send_json({"type": "message", "message": payload})
-        if not acknowledgement:
-            self._sent(payload["id"])
+        self._sent(payload["id"])
 
     async def _broadcast(self, event: dict) -> None:
         await events.agroup_send(events.consultation_group(self.consultation_id), event)
@@ -625,6 +728,10 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
 
 def _dumps(data: dict) -> str:
     return json.dumps(data, separators=(",", ":"))
+
+
+def _frame(data: dict) -> dict:
+    return {"type": "websocket.send", "text": _dumps(data)}
 
 
 async def _finish(coroutine, waiting) -> None:

@@ -313,6 +313,43 @@ def chat_access(*, user_id: int, consultation_id: int) -> tuple[User, Consultati
     return user, consultation_get_for_user(user=user, consultation_id=consultation_id)
 
 
+class _Viewer(NamedTuple):
+    """What ``clinic_scope`` reads of a user, from the access statement's columns."""
+
+    pk: int
+    role: str
+    organization_id: int | None
+    is_authenticated: bool = True
+
+
+# chat_access's check as one plain statement: the user's current role and clinic (not the
+# ones the socket connected with) and the consultation's chat columns.
+_CHAT_ACCESS_SQL = (
+    "SELECT u.role, u.organization_id, u.is_superuser,"
+    " c.id, c.patient_id, c.provider_id, c.organization_id, c.status"
+    " FROM accounts_user u LEFT JOIN consultations_consultation c ON c.id = %s"
+    " WHERE u.id = %s AND u.is_active"
+)
+
+
+def chat_access_columns(*, user_id: int, consultation_id: int) -> ChatConsultation:
+    """:func:`chat_access` for the websocket send: the same rule (an active user, the
+    consultation visible to them as they are now), in one plain query, answering the
+    consultation's chat columns. NotFound otherwise."""
+    with connections[router.db_for_read(Consultation)].cursor() as cursor:
+        cursor.execute(_CHAT_ACCESS_SQL, [consultation_id, user_id])
+        row = cursor.fetchone()
+    if row is None or row[3] is None:
+        raise NotFound("Consultation not found.")
+    role, organization_id, is_superuser, *columns = row
+    consultation = ChatConsultation(*columns)
+    if not is_superuser:
+        scope = clinic_scope(_Viewer(user_id, role, organization_id))
+        if scope is None or getattr(consultation, scope[0]) != scope[1]:
+            raise NotFound("Consultation not found.")
+    return consultation
+
+
 def ticket_user(*, user_id: int, token_id: int | None) -> User | None:
     """The user a websocket ticket was issued to, if their credentials still hold.
 

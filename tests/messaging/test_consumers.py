@@ -499,9 +499,13 @@ async def test_concurrent_sends_store_one_message_per_client_id(chat, sockets):
     for got in streams:
         # Every socket was told the stored message, the retried one included...
         assert {(m["client_id"], m["id"]) for m in got} == set(by_client_id.items())
-        # ...and saw each socket's messages in the order that socket sent them.
+        # ...and saw each socket's messages in the order that socket sent them...
         for ids in own.values():
             assert [m["client_id"] for m in got if m["client_id"] in ids] == ids
+        # ...and all in id order: no acknowledgement overtook an earlier message (a repeated
+        # client_id's answer is the stored message, whenever it comes).
+        ids = [m["id"] for m in got if m["client_id"] != "same"]
+        assert ids == sorted(ids)
     # The senders' writes interleave: the sends really overlapped.
     order = [m.client_id.split("-")[0] for m in rows if m.client_id != "same"]
     switches = sum(a != b for a, b in itertools.pairwise(order))

@@ -57,6 +57,7 @@ from medease.exceptions import (
 from medease.parsers import MAX_DEPTH, nested_deeper_than
 from messaging import events, hub, permissions, presence, selectors, services
 from messaging.audit import audit_chat_read, audit_message_created
+from messaging.middleware import handshake_db
 from messaging.models import Message
 from messaging.scope import ScopeRequest
 from messaging.serializers import MAX_ID, MessageSendInput, message_payload
@@ -108,7 +109,10 @@ def _authorize(user, consultation_id: int):
     return selectors.chat_access(user_id=user.pk, consultation_id=consultation_id)
 
 
-@_db
+# The handshake's reads (the access check and its audit event, the replay) run on the
+# handshake pool (messaging.middleware), not channels' one database thread: a reconnect
+# storm's handshakes overlap instead of queueing behind every other socket's work.
+@handshake_db
 def _open_chat(request, consultation_id: int):
     """The consultation, if the user may see it; the socket's one audit event is written
     before any message reaches it (it covers the replay and everything streamed live)."""
@@ -219,7 +223,7 @@ def _call_signal_check(user, consultation_id: int, recipient_id: int) -> None:
     )
 
 
-@_db
+@handshake_db
 def _replay_batch(consultation_id: int, after: int) -> tuple[list[dict], bool]:
     page, more = selectors.messages_page(
         consultation_id=consultation_id, limit=REPLAY_BATCH, after=after

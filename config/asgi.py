@@ -13,11 +13,11 @@ from medease.asgi import OneHopASGIHandler  # noqa: E402
 
 django_asgi_app = OneHopASGIHandler()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from medease.middleware import BodyLengthMiddleware  # noqa: E402
 from messaging.middleware import ChatAuthMiddleware  # noqa: E402
-from messaging.routing import websocket_urlpatterns  # noqa: E402
+from messaging.routing import ChatRouter, websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -26,6 +26,6 @@ application = ProtocolTypeRouter(
         # Authentication happens here, not in consumers: a single-use ticket from any
         # origin, or a session cookie only from allowed origins (messaging/middleware.py,
         # which loads the session itself, only for sockets without a ticket).
-        "websocket": ChatAuthMiddleware(URLRouter(websocket_urlpatterns)),
+        "websocket": ChatAuthMiddleware(ChatRouter(websocket_urlpatterns)),
     }
 )

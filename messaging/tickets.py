@@ -133,7 +133,8 @@ def ticket_store(
         "user_id": user_id,
         "token_id": token_id,
         "consultation_id": consultation_id,
-        "user": None if user is None else _snapshot(user),
+        # Pickled apart, so that handshakes can share one instance per snapshot (_user).
+        "user": None if user is None else pickle.dumps(_snapshot(user), pickle.HIGHEST_PROTOCOL),
         "usable_until": usable_until,
     }
     ttl = settings.MESSAGING_TICKET_TTL_SECONDS
@@ -167,7 +168,7 @@ def _checked(binding: dict | None) -> dict | None:
     usable_until = binding.get("usable_until")
     if usable_until is not None and usable_until <= time.time():
         return None
-    return binding
+    return {**binding, "user": _user(binding["user"])}
 
 
 def _valid_raw(raw: str) -> bool:
@@ -209,10 +210,26 @@ async def aticket_take(*, raw: str) -> dict | None:
     return _checked(_loaded(answer))
 
 
+# Users unpickled from tickets, by the exact bytes of their snapshot: sockets of the same
+# user in the same state share one read-only instance (about 2 KiB each) for as long as
+# any of them is open. A change to the user revokes its tickets, so a new snapshot is
+# always new bytes.
+_users: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
 def _loaded(answer) -> dict | None:
     if not answer or answer == 0:  # unknown or used (nil), or revoked since (0)
         return None
     return pickle.loads(answer)  # noqa: S301 (our own Redis, as django-redis's pickles)
+
+
+def _user(snapshot: bytes):
+    key = hashlib.sha256(snapshot).digest()
+    user = _users.get(key)
+    if user is None:
+        user = pickle.loads(snapshot)  # noqa: S301
+        user = _users.setdefault(key, user)
+    return user
 
 
 def _locmem_take(cache, raw: str) -> dict | None:

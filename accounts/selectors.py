@@ -17,18 +17,23 @@ def _invalid() -> NotAuthenticated:
     return NotAuthenticated("The token is invalid or has expired.", code="invalid_token")
 
 
-def token_read(*, raw: str) -> tuple[TokenFacts, token_cache.Read]:
+def token_read(
+    *, raw: str, cached: token_cache.Read | None = None
+) -> tuple[TokenFacts, token_cache.Read]:
     """The facts of a live token, from the shared cache or else the primary, and what the
     cache held about its user (see token_user).
 
     The primary, never a replica: a token issued or revoked a moment ago must be seen as
     such. Revocation writes a tombstone that no fill or refresh can overwrite (see
     accounts.token_cache), so a lookup racing with a logout cannot bring a revoked token back.
-    With the cache down every lookup reads the primary.
+    With the cache down every lookup reads the primary. ``cached``: what the caller already
+    read from the cache for this token (accounts.authentication reads it in a round trip
+    with other things).
     """
     digest = token_digest(raw)
     now = timezone.now()
-    cached = token_cache.read(digest)
+    if cached is None:
+        cached = token_cache.read(digest)
     if cached.facts is token_cache.REVOKED:
         raise _invalid()
     if cached.facts is not None:

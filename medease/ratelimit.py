@@ -5,7 +5,9 @@ cannot be reached a fail-open limit lets the request through and a fail-closed o
 503 (see docs/adr/0003-rate-limits.md for which is which and why).
 
 Fixed windows, counted in Redis: counting an event is one round trip (a Lua script that
-increments the counter and sets its expiry when it created it), checking one is a GET.
+increments the counter and sets its expiry when it created it), checking one is a GET. The
+``api_user`` event of a bearer-token request is counted in the token look-up's own round
+trip (accounts.token_cache.read_counting) when it can be; ApiUserThrottle then only decides.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import caches
@@ -144,29 +147,56 @@ def _count(key: str, *, increment: bool, period: int) -> int:
     return int(_increment_script(keys=[full_key], args=[1, ttl_ms], client=client))
 
 
-def _usage(request, *, name: str, key: KeyFunc, increment: bool) -> dict | None:
+@dataclass(frozen=True)
+class Counter:
+    """One limit's counter for one key in the current window (what an event counts into)."""
+
+    name: str
+    key: str  # the cache key, before the cache's prefix
+    limit: int
+    period: int
+    window: int
+    now: int
+    fail_open: bool
+
+    @property
+    def ttl_ms(self) -> int:
+        return (self.period + _EXPIRY_FUDGE_SECONDS) * 1000
+
+    def usage(self, count: int) -> dict:
+        return {
+            "count": count,
+            "limit": self.limit,
+            "should_limit": count > self.limit,
+            "time_left": self.window - self.now,
+        }
+
+
+def counter(name: str, value: str) -> Counter | None:
+    """The counter an event of limit ``name`` for ``value`` goes to (None: limits are off)."""
     if not settings.RATELIMIT_ENABLE:
         return None
     rate, fail_open = settings.RATE_LIMITS[name]
     limit, period = parsed = _split_rate(rate)
-    value = key(name, request)
     now = int(time.time())
     window = _window_end(value, period, now)
-    counter = _counter_key(name, parsed, value, window)
+    key = _counter_key(name, parsed, value, window)
+    return Counter(name, key, limit, period, window, now, fail_open)
+
+
+def _usage(request, *, name: str, key: KeyFunc, increment: bool) -> dict | None:
+    if not settings.RATELIMIT_ENABLE:
+        return None
+    limit = counter(name, key(name, request))
     try:
-        count = _count(counter, increment=increment, period=period)
+        count = _count(limit.key, increment=increment, period=limit.period)
     except Exception as exc:  # Redis down or timing out: decide per limit.
-        if fail_open:
+        if limit.fail_open:
             logger.warning("rate limit %s skipped, cache unavailable: %s", name, exc)
             return None
         logger.error("rate limit %s failed closed, cache unavailable: %s", name, exc)
         raise ServiceUnavailable(_UNAVAILABLE) from exc
-    return {
-        "count": count,
-        "limit": limit,
-        "should_limit": count > limit,
-        "time_left": window - now,
-    }
+    return limit.usage(count)
 
 
 def check(request, *, name: str, key: KeyFunc) -> None:
@@ -197,11 +227,20 @@ def by_user(group: str, request) -> str:
     return str(request.user.pk)
 
 
+# Set on the DRF request, to the event's usage, by an authentication that already counted
+# its api_user event (accounts.authentication counts it in the token look-up's round trip).
+API_USER_COUNTED = "_medease_api_user_usage"
+
+
 class ApiUserThrottle(BaseThrottle):
     """DRF throttle: the general per-user API budget (``RATE_LIMITS["api_user"]``)."""
 
     def allow_request(self, request, view):
         if not request.user or not request.user.is_authenticated:
             return True
-        hit(request, name="api_user", key=by_user)
+        usage = getattr(request, API_USER_COUNTED, None)
+        if usage is None:
+            hit(request, name="api_user", key=by_user)
+        elif usage["should_limit"]:
+            raise RateLimited(retry_after=usage["time_left"])
         return True

@@ -14,6 +14,11 @@ from consultations.models import Consultation, clinic_scope
 from consultations.serializers import consultation_columns
 from medease.exceptions import NotFound
 
+try:
+    from psycopg.types.datetime import TimestamptzLoader
+except ImportError:  # psycopg2, or no PostgreSQL driver (SQLite)
+    TimestamptzLoader = None
+
 
 def consultations_for_user(*, user: User, status: str | None = None) -> QuerySet[Consultation]:
     """The consultations the user may see, optionally of one status."""
@@ -81,6 +86,19 @@ def _prepared(field_name: str, value):
     return field.get_db_prep_value(value, connections[DEFAULT_DB_ALIAS], prepared=False)
 
 
+def _load_timestamptz_natively(cursor) -> None:
+    """Load this cursor's timestamptz values with psycopg's own loader (its C one).
+
+    Django registers a Python subclass of it on every connection (to set the tzinfo), which
+    the C implementation cannot stand in for: a page's 7 datetimes x 21 rows cost about 1 ms
+    of CPU that way, 0.3 ms this way. The values are equal: aware datetimes in the session's
+    time zone, which Django sets to the connection's (UTC). Per cursor (psycopg copies the
+    connection's adapters on write), so no other query is affected.
+    """
+    if TimestamptzLoader is not None:
+        cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
+
+
 def _rows(
     shape: tuple,
     build: Callable[[], QuerySet],
@@ -113,6 +131,8 @@ def _rows(
     sql, slots, compiler, converters = statement
     params = [values[slot] if isinstance(slot, str) else slot[1] for slot in slots]
     with connections[router.db_for_read(Consultation)].cursor() as cursor:
+        if cursor.db.vendor == "postgresql":
+            _load_timestamptz_natively(cursor.cursor)
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     if converters:

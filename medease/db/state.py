@@ -77,16 +77,35 @@ def remember_recent_write(user_id: int) -> None:
         logger.warning("read-your-writes marker not stored: %s", exc)
 
 
-def pin_if_user_wrote_recently(user_id: int) -> None:
-    """Called once the request's user is known (after authentication)."""
+def marker_key_to_read(user_id: int) -> str | None:
+    """The cache key (before the cache's prefix) of this user's read-your-writes marker, if
+    this request still has to look at it (None: no replicas, or already on the primary).
+
+    For callers that read it in a round trip of their own (accounts.authentication), then
+    pass what they found to :func:`pin_if_marked`.
+    """
     state = context.current_state()
     if state is None or state.use_primary or not replica_aliases():
+        return None
+    return _RECENT_WRITE_KEY.format(user_id=user_id)
+
+
+def pin_if_marked(marker) -> None:
+    """Pin the request to the primary if the marker read by the caller was there."""
+    state = context.current_state()
+    if marker and state is not None:
+        state.use_primary = True
+
+
+def pin_if_user_wrote_recently(user_id: int) -> None:
+    """Called once the request's user is known (after authentication)."""
+    key = marker_key_to_read(user_id)
+    if key is None:
         return
     try:
-        marker = caches[_MARKER_CACHE].get(_RECENT_WRITE_KEY.format(user_id=user_id))
+        marker = caches[_MARKER_CACHE].get(key)
     except Exception as exc:
         # We cannot tell whether this user just wrote, so we read where the write is.
         logger.warning("read-your-writes marker unreadable, reading the primary: %s", exc)
         marker = 1
-    if marker:
-        state.use_primary = True
+    pin_if_marked(marker)

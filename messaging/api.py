@@ -80,13 +80,10 @@ def _plain_text(value, *, max_length: int) -> bool:
     return True
 
 
-def _send_input(data) -> dict:
-    """``{body, client_id, attachments}`` of a send.
-
-    The common request (text, a client_id, no files) is read here; anything else goes to
-    MessageSendInput, whose answer, value or 400, stays the rule. The service applies the
-    message rules either way.
-    """
+def plain_send_input(data) -> dict | None:
+    """``{body, client_id, attachments}`` of the common send (text, a client_id, no files),
+    read without MessageSendInput (~0.1 ms of CPU through DRF); None for anything else,
+    which MessageSendInput decides (value or 400). The REST send and the websocket's."""
     if isinstance(data, dict):
         body, client_id = data.get("body"), data.get("client_id")
         if (
@@ -97,7 +94,14 @@ def _send_input(data) -> dict:
             and data.get("attachments", []) == []
         ):
             return {"body": body, "client_id": client_id, "attachments": []}
-    return _valid(MessageSendInput, data)
+    return None
+
+
+def _send_input(data) -> dict:
+    """``{body, client_id, attachments}`` of a send. The service applies the message rules
+    either way."""
+    plain = plain_send_input(data)
+    return plain if plain is not None else _valid(MessageSendInput, data)
 
 
 _HISTORY_BOUNDS = {"after": (0, MAX_ID), "before": (1, MAX_ID), "limit": (1, None)}

@@ -56,6 +56,7 @@ from medease.exceptions import (
 )
 from medease.parsers import MAX_DEPTH, nested_deeper_than
 from messaging import events, hub, permissions, presence, selectors, services
+from messaging.api import plain_send_input
 from messaging.audit import audit_chat_read, audit_message_created
 from messaging.middleware import handshake_db
 from messaging.models import Message
@@ -488,28 +489,31 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         client_id = event.get("client_id")
         # The REST send's input rules (types, lengths, no lone surrogates), so a body REST
         # refuses with a 400 is an "invalid" event here, not a database encoding error.
-        data = MessageSendInput(
-            data={
-                "body": event.get("body"),
-                "client_id": client_id,
-                "attachments": event.get("attachments", []),
-            }
-        )
-        if not data.is_valid():
-            return await self._error(
-                "invalid",
-                "Some fields are invalid.",
-                fields=field_errors(data.errors),
-                client_id=client_id,
+        fields = plain_send_input(event)
+        if fields is None:
+            data = MessageSendInput(
+                data={
+                    "body": event.get("body"),
+                    "client_id": client_id,
+                    "attachments": event.get("attachments", []),
+                }
             )
+            if not data.is_valid():
+                return await self._error(
+                    "invalid",
+                    "Some fields are invalid.",
+                    fields=field_errors(data.errors),
+                    client_id=client_id,
+                )
+            fields = data.validated_data
         self.held = [] if self.held is None else self.held
         try:
             payload, created = await _send_lane(self.consultation_id)(
                 self._request(),
                 self.consultation_id,
-                data.validated_data["body"],
-                data.validated_data["client_id"],
-                data.validated_data["attachments"],
+                fields["body"],
+                fields["client_id"],
+                fields["attachments"],
             )
         except RateLimited as exc:
             self._release()

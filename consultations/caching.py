@@ -141,13 +141,26 @@ def _fill_once(full_key: str, tokens: list[str], timeout: int, build: Callable[[
                 del _flights[full_key]
 
 
+def _set_forever(values: dict[str, str]) -> None:
+    """Store values without expiry in one command: django-redis's ``set_many`` sends a
+    MULTI, one SET per key and an EXEC (a booking bumps four scopes: six commands); one
+    MSET of the same keys and encoded values is atomic too. Other backends: ``set_many``."""
+    client = getattr(cache, "client", None)
+    if client is None or not hasattr(client, "get_client") or not hasattr(client, "encode"):
+        cache.set_many(values, timeout=None)
+        return
+    client.get_client(write=True).mset(
+        {client.make_key(key): client.encode(value) for key, value in values.items()}
+    )
+
+
 def invalidate(scopes: Iterable[str]) -> None:
     """Give each scope a new version token (entries under the old one are never read again)."""
     tokens = {scope: uuid.uuid4().hex for scope in set(scopes)}
     if not tokens:
         return
     try:
-        cache.set_many(tokens, timeout=None)
+        _set_forever(tokens)
     except Exception as exc:
         # Entries expire on their own (short timeouts); log so operators see lost invalidations.
         logger.warning("cache invalidation failed for %s: %s", sorted(tokens), exc)

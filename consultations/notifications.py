@@ -22,6 +22,7 @@ from consultations.models import Consultation, ConsultationStatus
 from workers import relevance
 from workers.models import Notification, NotificationKind
 from workers.services import notification_record
+from workers.services.outbox import LOOK_UP
 
 CONSULTATION_EVENT_KINDS = (
     NotificationKind.BOOKING_CONFIRMED,
@@ -87,7 +88,12 @@ def _recipients(consultation: Consultation, kind: str, actor) -> list:
 
 
 def notify_consultation_event(
-    *, consultation: Consultation, kind: str, actor=None
+    *,
+    consultation: Consultation,
+    kind: str,
+    actor=None,
+    preferences: dict | None = None,
+    created: bool = False,
 ) -> list[Notification]:
     """Outbox rows for a consultation event.
 
@@ -96,6 +102,10 @@ def notify_consultation_event(
     start and no-show go to the patient; a cancellation or a reschedule to the other party
     (``actor``, or the consultation's ``cancelled_by``; both parties when staff acted). For
     a reschedule pass the new consultation. Call inside the event's transaction.
+
+    ``preferences``: recipients' preferences the caller has read already ({user id:
+    NotificationPreference or None}). ``created``: the consultation was created in this
+    transaction, so no earlier outbox row can hold its dedupe keys.
     """
     if kind not in CONSULTATION_EVENT_KINDS:
         raise ValueError(f"not a consultation event kind: {kind!r}")
@@ -113,6 +123,8 @@ def notify_consultation_event(
             dedupe_key=f"consultation:{consultation.pk}:{kind}:user:{user.pk}",
             payload=payload,
             consultation_id=consultation.pk,
+            preference=(preferences or {}).get(user.pk, LOOK_UP),
+            new_key=created,
         )
         if notification is not None:
             written.append(notification)

@@ -6,8 +6,11 @@ from dataclasses import asdict
 
 from django.conf import settings
 
-from workers import services
+from workers import dispatch, services
 from workers.base import medease_task
+
+# Imported for its signal handlers: every worker runs the outbox kick's dispatcher.
+__all__ = ["deliver_notification", "dispatch", "sweep_outbox"]
 
 
 @medease_task(

@@ -14,6 +14,8 @@ from consultations.models import Consultation, ConsultationKind, ConsultationSta
 from medease.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from tests.conftest import on_postgres
 from tests.consultations.conftest import in_hours
+from workers.models import Notification, NotificationKind, NotificationStatus
+from workers.services import notification_preferences_update
 
 pytestmark = pytest.mark.django_db
 
@@ -79,6 +81,54 @@ def test_an_unknown_slot_is_invalid_input(patient):
     with pytest.raises(InvalidInput) as caught:
         services.consultation_book(patient=patient, slot_id=987654)
     assert "slot" in caught.value.fields
+
+
+@pytest.mark.parametrize("slot_id", [2**63, 10**20])
+def test_a_slot_id_past_any_row_is_invalid_input_not_an_error(patient, slot_id):
+    with pytest.raises(InvalidInput):
+        services.consultation_book(patient=patient, slot_id=slot_id)
+
+
+def test_an_inactive_providers_slot_is_unknown(patient, provider, make_slot):
+    slot = make_slot(provider)
+    provider.is_active = False
+    provider.save(update_fields=["is_active"])
+    with pytest.raises(InvalidInput):
+        services.consultation_book(patient=patient, slot_id=slot.pk)
+
+
+def test_the_booking_carries_its_provider_and_clinic_and_loads_the_rest_on_demand(
+    patient, provider, make_slot
+):
+    consultation, _ = services.consultation_book(patient=patient, slot_id=make_slot(provider).pk)
+    assert consultation.provider.full_name == provider.full_name
+    assert consultation.organization.name == provider.organization.name
+    # Read by the slot look-up with only what a booking needs; the rest is still there.
+    assert consultation.provider.email == provider.email
+    assert consultation.organization.timezone == provider.organization.timezone
+
+
+def _notification_preference_reads(queries) -> list[str]:
+    return [q["sql"] for q in queries if 'FROM "workers_notificationpreference"' in q["sql"]]
+
+
+def test_a_booking_without_saved_preferences_reads_none_apart(
+    patient, provider, make_slot, django_assert_max_num_queries
+):
+    with django_assert_max_num_queries(20) as captured:
+        services.consultation_book(patient=patient, slot_id=make_slot(provider).pk)
+    [statement] = _notification_preference_reads(captured.captured_queries)
+    # Only the slot look-up's EXISTS: no query of its own in the outbox.
+    assert "EXISTS" in statement and '"consultations_slot"' in statement
+    notification = Notification.objects.get(user=patient)
+    assert notification.status == NotificationStatus.PENDING
+
+
+def test_a_booking_honours_saved_preferences(patient, provider, make_slot):
+    notification_preferences_update(user=patient, muted_kinds=[NotificationKind.BOOKING_CONFIRMED])
+    services.consultation_book(patient=patient, slot_id=make_slot(provider).pk)
+    notification = Notification.objects.get(user=patient)
+    assert notification.status == NotificationStatus.SKIPPED
 
 
 def test_only_patients_book(provider, staff, make_slot):

@@ -32,7 +32,6 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
 from django.contrib.auth.models import AnonymousUser
-from django.db import connection
 from django.http.cookie import parse_cookie
 from django.http.request import validate_host
 from django.utils.crypto import constant_time_compare
@@ -79,7 +78,7 @@ def origin_allowed(scope: dict) -> bool:
 # executor's queue, not on one thread. SQLite (the embedded default) keeps one thread: it
 # has one writer anyway.
 HANDSHAKE_THREADS = 4
-_handshake_executor: ThreadPoolExecutor | None = None
+_handshake_executor: ThreadPoolExecutor | bool | None = None
 
 
 def handshake_db(func):
@@ -92,10 +91,18 @@ def handshake_db(func):
 
     async def run(*args, **kwargs):
         global _handshake_executor
-        if connection.vendor == "sqlite":
-            return await DatabaseSyncToAsync(on_primary)(*args, **kwargs)
         if _handshake_executor is None:
-            _handshake_executor = ThreadPoolExecutor(HANDSHAKE_THREADS, "ws-handshake")
+            # Decided from the settings: touching django.db.connection here, on the event
+            # loop, would give every socket's task a connection object of its own (they
+            # are per context), kept for the socket's life.
+            engine = settings.DATABASES[db_routing.PRIMARY]["ENGINE"]
+            _handshake_executor = (
+                ThreadPoolExecutor(HANDSHAKE_THREADS, "ws-handshake")
+                if engine.endswith("postgresql")
+                else False
+            )
+        if _handshake_executor is False:
+            return await DatabaseSyncToAsync(on_primary)(*args, **kwargs)
         call = DatabaseSyncToAsync(on_primary, thread_sensitive=False, executor=_handshake_executor)
         return await call(*args, **kwargs)
 

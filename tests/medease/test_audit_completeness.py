@@ -250,7 +250,15 @@ ROUTES: dict[str, dict[str, object]] = {
     "frontdesk:board": {"*": page("staff", "consultation", "queue_entry")},
     "frontdesk:week": {"*": page("staff", "consultation")},
     "frontdesk:visit_action": {
-        "*": phi("staff", "update", "consultation", browser=True, http="post", status=302)
+        "*": phi(
+            "staff",
+            "update",
+            "consultation",
+            browser=True,
+            http="post",
+            status=302,
+            consultation_id="today",
+        )
     },
     "frontdesk:walk_ins": {"*": page("staff", "queue_entry", "consultation")},
     "frontdesk:call_next": {
@@ -398,6 +406,13 @@ def world(make_user, organization):
         patient, colleague, status=ConsultationStatus.IN_PROGRESS, hours=-0.2
     )
     past = _consultation(patient, provider, status=ConsultationStatus.SCHEDULED, hours=-3)
+    # Starting now: a check-in is refused on any other clinic day, whatever the hour of the run.
+    today = _consultation(
+        patient,
+        make_user(Role.PROVIDER, organization=organization),
+        status=ConsultationStatus.SCHEDULED,
+        hours=0,
+    )
     entry = services.queue_join(patient=queued, provider=provider, reason="Chest pain")
     # ``patient`` waits too (its dashboard shows the place and the reason).
     services.queue_join(patient=patient, provider=colleague, reason="Sore throat")
@@ -429,6 +444,7 @@ def world(make_user, organization):
             "consultation_id": booked.pk,
             "in_progress": in_progress.pk,
             "past": past.pk,
+            "today": today.pk,
             "entry_id": entry.pk,
             "patient_id": patient.pk,
             "attachment_id": attachment.pk,

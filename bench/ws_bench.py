@@ -267,9 +267,6 @@ class Bench:
     def setup_django(self) -> None:
         os.environ.update(self.env)
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-        # The load generator issues tickets (one query each: the ticket carries its user)
-        # from its event loop; blocking it for that is fine here, never in the servers.
-        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
         import django
 
         django.setup()
@@ -319,14 +316,20 @@ class Bench:
     def tickets(self, target: str, role: str, count: int) -> list[str]:
         if target == "relay":
             return ["-"] * count
-        from messaging import services
+        from messaging import tickets
 
         user, token = (
             (self.patient, self.patient_token)
             if role == "patient"
             else (self.provider, self.provider_token)
         )
-        return [services.ws_ticket_issue(user=user, token=token) for _ in range(count)]
+        # As POST ws-ticket does once the request is authenticated, without a database read
+        # (issued from this process's event loop: a query per connecting task would hold a
+        # pool connection per task context).
+        return [
+            tickets.ticket_store(user_id=user.pk, token_id=token.pk, user=user, token=token)
+            for _ in range(count)
+        ]
 
     # --- Client side ---------------------------------------------------------------------
 

@@ -117,16 +117,26 @@ def _facts(*, user_id: int, token_id: int | None):
 
 
 def ticket_store(
-    *, user_id: int, token_id: int | None, consultation_id: int | None = None, user=None
+    *,
+    user_id: int,
+    token_id: int | None,
+    consultation_id: int | None = None,
+    user=None,
+    token=None,
 ) -> str:
     """Create and store a ticket (for any consultation of the user when ``consultation_id``
     is None); the raw value is returned once.
 
     The user's facts are read here, in the issuing request, and travel with the ticket, so
-    that the handshake reads no database (``user`` skips the read for an unbound ticket).
+    that the handshake reads no database. A caller that has just authenticated them (the
+    request's ``user`` and ``token``, an AuthToken) passes them and spares that read.
     """
     usable_until = None
-    if user is None or token_id is not None:
+    if token is not None and user is not None:
+        usable_until = min(
+            token.expires_at, token.last_used_at + settings.TOKEN_IDLE_TIMEOUT
+        ).timestamp()
+    elif user is None or token_id is not None:
         user, usable_until = _facts(user_id=user_id, token_id=token_id)
     raw = secrets.token_urlsafe(32)
     binding = {

@@ -148,6 +148,15 @@ async def apublish(group: str, event: dict) -> None:
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
 
 
+def locally_present(consultation_id: int, user_id: int) -> bool:
+    """Whether a socket of this process has the user in the consultation (any thread)."""
+    try:
+        hubs = list(_hubs.values())
+    except RuntimeError:  # a hub added meanwhile (tests: one loop each); ask Redis instead
+        return False
+    return any((consultation_id, user_id) in hub.presence.counts for hub in hubs)
+
+
 def current() -> Hub:
     """This event loop's hub (a server has one loop; tests have one per test)."""
     loop = asyncio.get_running_loop()

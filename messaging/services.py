@@ -17,6 +17,7 @@ from consultations.models import Consultation
 from medease.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from messaging import (
     events,
+    hub,
     notifications,
     partitions,
     permissions,
@@ -273,6 +274,10 @@ def _notify_offline_participants(
         if user_id is not None and user_id != sender.pk
     ]
     if not recipient_ids:
+        return
+    # A recipient with a socket in this process is online without asking Redis (one round
+    # trip fewer, inside the row lock, for the usual chat of two connected people).
+    if all(hub.locally_present(consultation.pk, user_id) for user_id in recipient_ids):
         return
     online = presence.online_users(consultation_id=consultation.pk) or set()
     period_start = now - timedelta(seconds=settings.MESSAGING_OFFLINE_NOTIFY_SECONDS)

@@ -217,3 +217,34 @@ async def test_send_after_access_is_gone_closes_4403(chat, sockets):
     await patient.send(send_event("too late", "late-1"))
     assert await patient.closed_with() == 4403
     assert await stored(client_id="late-1") == []
+
+
+# --- Presence of a recipient on this process -----------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+async def test_a_recipient_connected_here_is_online_without_redis_presence(chat, sockets, notified):
+    """The send asks this process's hub first: a recipient with a socket here is online
+    even when Redis has no presence entry for them (not notified); one connected nowhere
+    is still looked up and notified."""
+    from django_redis import get_redis_connection
+
+    provider = await open_chat(sockets, chat, chat.provider)
+    patient = await open_chat(sockets, chat, chat.patient)
+
+    def forget_presence() -> None:
+        client = get_redis_connection("default")
+        for key in client.scan_iter(match="medease:presence:*"):
+            client.delete(key)
+
+    await db(forget_presence)()
+    await provider.send(send_event("here?", "p-1"))
+    assert (await provider.receive_type("message"))["message"]["client_id"] == "p-1"
+    await patient.receive_type("message")
+    assert notified == []
+
+    await patient.close()
+    await provider.send(send_event("gone?", "p-2"))
+    assert (await provider.receive_type("message"))["message"]["client_id"] == "p-2"
+    assert notified == [(chat.patient.pk, chat.consultation.pk)]

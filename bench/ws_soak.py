@@ -86,6 +86,7 @@ class Report:
     resent: int = 0  # unacknowledged sends sent again after a reconnect
     reconnects: int = 0
     reconnect_failures: list = field(default_factory=list)
+    handshake_seconds: list = field(default_factory=list)  # each reconnect's, ticket to open
     closed_at_end: int = 0  # sockets whose reconnect had not succeeded by the end
     server_closes: dict = field(default_factory=dict)
     resyncs: int = 0
@@ -242,7 +243,9 @@ class Soak:
                 # docs/api.md: reconnect with after=<last id seen>, the highest id this
                 # socket has seen ("max"); "others" leaves out the socket's own echoes.
                 after = slot.max_id if self.args.after == "max" else slot.max_other
+                started = time.perf_counter()
                 await self.connect(slot, after=after)
+                self.report.handshake_seconds.append(round(time.perf_counter() - started, 4))
                 self.report.reconnects += 1
                 await self.resend(slot)
                 return
@@ -449,6 +452,13 @@ def main() -> int:
         f"{' '.join(f'{n:.2f}' for n in load_before)} before, "
         f"{' '.join(f'{n:.2f}' for n in os.getloadavg())} after"
     )
+    shakes = sorted(report.handshake_seconds)
+    if shakes:
+        at = lambda p: shakes[min(len(shakes) - 1, round(p / 100 * (len(shakes) - 1)))]  # noqa: E731
+        print(
+            f"reconnect handshakes (ticket to open, replay not included): p50 {at(50) * 1000:.0f} "
+            f"ms, p99 {at(99) * 1000:.0f} ms, max {shakes[-1] * 1000:.0f} ms"
+        )
     for key, ids in list(report.missing.items())[:50]:
         print(f"missing {key}: {ids}")
     if report.lost_sends:

@@ -54,23 +54,26 @@ def test_evaluate_fails_on_a_missing_id_a_lost_send_a_close_or_memory_growth():
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_short_soak_against_a_real_server(tmp_path):
-    """A real server, 20 sockets, reconnects every 10 s: the harness's counts add up."""
+    """A real server, 6 sockets for 6 s, half of them reconnecting every 3 s: the harness's
+    counts add up (sends, stores, reconnects with replay by id, an RSS sample per interval).
+    The full soak (5,000 sockets, 10 minutes) is bench/ws_soak.py's default, not CI's."""
     out = tmp_path / "soak.json"
     env = {**os.environ, "MEDEASE_VAR_DIR": str(tmp_path / "var")}
     result = subprocess.run(
-        [sys.executable, "bench/ws_soak.py", "--consultations", "10", "--minutes", "0.5",
-         "--interval", "10", "--rate", "4", "--reconnect", "0.3", "--drain", "30",
+        [sys.executable, "bench/ws_soak.py", "--consultations", "3", "--minutes", "0.1",
+         "--interval", "3", "--rate", "5", "--reconnect", "0.5", "--drain", "15",
          "--json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=280,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert out.exists(), result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert report["sockets"] == 20
-    assert report["sent"] >= 100  # 4/s for 30 s, less what fell on two closed sockets
-    # Each send is either stored or listed as lost.
+    assert report["sockets"] == 6
+    assert report["sent"] >= 15  # 5/s for 6 s, less what fell on two closed sockets
+    # Each send is either stored or listed as lost, and the truth was read by id.
     assert report["stored"] + len(report["lost_sends"]) == report["sent"]
-    assert report["reconnects"] >= 6  # 30% of 20 sockets in each of 3 intervals, at least
-    assert len(report["rss_kib"]) == 3
+    assert report["stored"] > 0
+    assert report["reconnects"] >= 3  # half of 6 sockets in the first interval, at least
+    assert len(report["rss_kib"]) == 2
     # Exit status follows the checks.
     ok = all(check["pass"] for check in report["checks"])
     assert (result.returncode == 0) == ok, result.stdout[-2000:]

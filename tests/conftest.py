@@ -3,6 +3,8 @@ and Redis; MEDEASE_REQUIRE_SERVICES=1 turns "not reachable" into a failed run.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from django.conf import settings
 from django.core.cache import caches
@@ -69,6 +71,22 @@ def _fresh_state():
     db_routing._replica_skip_until.clear()
     yield
     cache_breaker.reset()
+
+
+ACCOUNTS_TESTS = Path(__file__).parent / "accounts"
+
+
+@pytest.fixture(autouse=True)
+def _cheap_password_hashing(request, settings):
+    """Argon2 at its minimum cost (tests/hashers.py): a user made at the product's cost
+    took seconds on the shared CI box. Directories that want MD5 still override this; the
+    accounts suite, which tests hashing itself, keeps the product's hashers."""
+    if ACCOUNTS_TESTS in Path(request.node.path).parents:
+        return
+    settings.PASSWORD_HASHERS = [
+        "tests.hashers.FastArgon2PasswordHasher",
+        *settings.PASSWORD_HASHERS,
+    ]
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,9 @@
 """Serving the real product from a test: the Procfile's web command on a free loopback
-port, on the test's own database and Redis, so what the test writes the server sees."""
+port, on the test's own database and Redis, so what the test writes the server sees.
+
+The server's settings are the product's with cheap password hashes
+(tests/server_settings.py): a registration or login at the product's Argon2 cost took
+seconds on the shared CI box, and no test of a started server is about that cost."""
 
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ def web_node(tmp_path: Path, name: str = "web", **extra_env: str) -> Iterator[tu
     port = free_port()
     env = {
         **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.server_settings",
         "DATABASE_URL": database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "MEDEASE_REQUIRE_SERVICES": "1",

@@ -165,7 +165,8 @@ def node_env(
     env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES_TO_DROP)}
     var_dir.mkdir(parents=True, exist_ok=True)
     env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
+        # The product's settings with cheap password hashes (tests/server_settings.py).
+        DJANGO_SETTINGS_MODULE="tests.server_settings",
         DATABASE_URL=primary.url(database),
         REDIS_URL=redis_url,
         CELERY_BROKER_URL=broker_url,

@@ -8,7 +8,9 @@ import time
 
 import pytest
 from django.conf import settings as django_settings
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
 from medease.cache import CircuitBreakerRedis, breaker
 
@@ -17,6 +19,18 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def dead_client() -> CircuitBreakerRedis:
+    """A client of a closed port that fails at once: redis-py's default Retry (three more
+    attempts with a backoff of up to several seconds) happens inside the command, so it
+    would only stretch each failure, not change what the breaker sees."""
+    return CircuitBreakerRedis(
+        host="127.0.0.1",
+        port=closed_port(),
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +42,7 @@ def _fresh_breaker(settings):
 
 
 def test_a_failure_opens_the_circuit_then_it_is_tried_again():
-    client = CircuitBreakerRedis(host="127.0.0.1", port=closed_port(), socket_connect_timeout=0.5)
+    client = dead_client()
     with pytest.raises(RedisConnectionError) as first:
         client.get("k")
     assert "circuit open" not in str(first.value)
@@ -44,7 +58,7 @@ def test_a_failure_opens_the_circuit_then_it_is_tried_again():
 
 def test_a_zero_period_turns_the_breaker_off(settings):
     settings.CACHE_CIRCUIT_BREAKER_SECONDS = 0
-    client = CircuitBreakerRedis(host="127.0.0.1", port=closed_port(), socket_connect_timeout=0.5)
+    client = dead_client()
     for _ in range(2):
         with pytest.raises(RedisConnectionError) as error:
             client.get("k")

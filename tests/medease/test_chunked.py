@@ -22,10 +22,11 @@ pytestmark = [
 BODY_LIMIT = 8 * 1024
 
 
-@pytest.fixture
-def server(transactional_db, tmp_path):
+@pytest.fixture(scope="module")
+def server(django_db_setup, tmp_path_factory):
+    """One server for the module (each test still gets its own committed, flushed data)."""
     with web_node(
-        tmp_path,
+        tmp_path_factory.mktemp("chunked"),
         API_MAX_BODY_BYTES=str(BODY_LIMIT),
         ATTACHMENT_MAX_BYTES=str(BODY_LIMIT),
         DATABASE_POOL_MAX_SIZE="2",

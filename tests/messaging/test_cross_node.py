@@ -164,8 +164,10 @@ def database_url() -> str:
     )
 
 
-@pytest.fixture
-def cluster(transactional_db, tmp_path):
+@pytest.fixture(scope="module")
+def _started_cluster(django_db_setup, tmp_path_factory):
+    """The two nodes and the layer, started once for the module's tests."""
+    tmp_path = tmp_path_factory.mktemp("cross-node")
     layer = RedisServer(tmp_path)
     layer.start()
     env = {
@@ -193,6 +195,15 @@ def cluster(transactional_db, tmp_path):
         for node in nodes:
             node.stop()
         stop_process(layer.process)
+
+
+@pytest.fixture
+def cluster(transactional_db, _started_cluster):
+    """The module's nodes, with the channel layer up (a test before may have killed it)."""
+    _nodes, layer = _started_cluster
+    if layer.process is None or layer.process.poll() is not None:
+        layer.start()
+    return _started_cluster
 
 
 # --- A small websocket client --------------------------------------------------------

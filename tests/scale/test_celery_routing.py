@@ -8,7 +8,6 @@ enqueue reads a replica that has not replayed the write yet.
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 
 import pytest
@@ -63,7 +62,18 @@ def test_a_task_enqueued_after_a_write_reads_the_primary(
 ):
     http = nodes[0].http()
     _, user_id = clinic.register(http)
-    time.sleep(1)  # the replica has the new user (its name is not what is checked)
+    # The replica has the new user (its name is not what is checked).
+    wait_until(
+        lambda: (
+            replica.query(
+                "SELECT count(*) FROM accounts_user WHERE id = %s", (user_id,), dbname=scale_db.name
+            )[0][0]
+            == 1
+        ),
+        timeout=30,
+        interval=0.05,
+        what="the new user on the replica",
+    )
 
     def write_then_enqueue(name: str, *, request_wrote: bool) -> dict:
         # The write a request would make, straight on the primary...

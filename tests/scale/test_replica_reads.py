@@ -8,14 +8,13 @@ two web nodes and keeps no cookies, so the pin has to travel through Redis.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.scale.conftest import wait_for_rotation
-from tests.scale.harness import aliases, recovery
+from tests.scale.harness import aliases, recovery, wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -23,6 +22,16 @@ pytestmark = [
     pytest.mark.redis,
     pytest.mark.usefixtures("replica_in_rotation"),
 ]
+
+
+def on_replica(replica, scale_db, consultation_id: int) -> bool:
+    """Whether the replica has replayed the consultation's row (its apply delay is 500 ms)."""
+    rows = replica.query(
+        "SELECT count(*) FROM consultations_consultation WHERE id = %s",
+        (consultation_id,),
+        dbname=scale_db.name,
+    )
+    return rows[0][0] == 1
 
 
 def test_get_endpoints_read_from_the_replica(nodes, clinic):
@@ -55,8 +64,17 @@ def read_heavy_selects(nodes, clinic, slots, scale_db) -> tuple[Counter, int]:
             assert response.status_code == 201, response.text
             booked.append(response.json()["id"])
         patients.append((token, booked))
-    time.sleep(6)  # the bookings' read-your-writes window (5 s) closes
     wait_for_rotation(nodes)
+    # The bookings' read-your-writes window (5 s) closes: each patient reads the replica again.
+    for index, (token, _booked) in enumerate(patients):
+        wait_until(
+            lambda http=https[index % 2], token=token: (
+                "replica1" in aliases(http.get("/api/v1/consultations", token=token))
+            ),
+            timeout=30,
+            interval=0.2,
+            what="the read-your-writes window to close",
+        )
 
     selects: Counter[str] = Counter()
     by_endpoint: dict[str, Counter[str]] = {}
@@ -166,9 +184,14 @@ def test_write_then_read_is_never_stale_across_nodes(nodes, clinic, slots, repli
         stale["control: replica already had the booking"] += rows[0][0]
 
         # A chat message, then the history: the sender's, and the provider's (another user:
-        # their view of the consultation may lag, so it is given time to replicate first;
+        # their view of the consultation may lag, so the replica is let catch up first;
         # the new message itself must be there at once).
-        time.sleep(0.8)
+        wait_until(
+            lambda consultation_id=consultation_id: on_replica(replica, scale_db, consultation_id),
+            timeout=30,
+            interval=0.05,
+            what="the booking on the replica",
+        )
         sent = first.post(
             f"/api/v1/consultations/{consultation_id}/messages",
             token=token,
@@ -195,7 +218,7 @@ def test_write_then_read_is_never_stale_across_nodes(nodes, clinic, slots, repli
     assert not +stale, stale
 
 
-def test_a_cache_fill_after_a_write_does_not_keep_stale_data(nodes, clinic, scale_db):
+def test_a_cache_fill_after_a_write_does_not_keep_stale_data(nodes, clinic, replica, scale_db):
     """Another patient's slot list must not keep showing a booked slot once the replica has
     the booking: an entry filled from a lagging replica would serve it for its whole TTL."""
     a, b = (node.http() for node in nodes)
@@ -212,7 +235,13 @@ def test_a_cache_fill_after_a_write_does_not_keep_stale_data(nodes, clinic, scal
         return {s["id"] for s in response.json()["results"]}
 
     slot_id = max(open_ids())  # the day's last slot: SlotPool hands out the earliest ones
-    assert clinic.book(a, booker, slot_id).status_code == 201
+    booked = clinic.book(a, booker, slot_id)
+    assert booked.status_code == 201, booked.text
     open_ids()  # refills the cache at once, while the replica is still behind
-    time.sleep(1.5)  # the replica has the booking by now (500 ms apply delay)
+    wait_until(
+        lambda: on_replica(replica, scale_db, booked.json()["id"]),
+        timeout=30,
+        interval=0.05,
+        what="the booking on the replica",
+    )
     assert slot_id not in open_ids(), "a booked slot is still listed as open"

@@ -3,9 +3,10 @@ against the running product (the Procfile's uvicorn on PostgreSQL and Redis, dem
 demo patient's token) reports no failure: no 500, no undocumented status, no response or
 header that breaks /api/schema/, and requests are accepted or refused as documented.
 
-The run is bounded (MAX_EXAMPLES per operation, one worker, a fixed seed) to finish in
-about two minutes on two cores. Its settings, with the few operation-level exceptions and
-why, are in tests/medease/schemathesis.toml and tests/medease/schemathesis_hooks.py.
+The run is bounded (MAX_EXAMPLES per operation, a fixed seed, two processes of one worker
+each at once) to finish in about a minute on two cores. Its settings, with the few
+operation-level exceptions and why, are in tests/medease/schemathesis.toml and
+tests/medease/schemathesis_hooks.py.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ HERE = Path(__file__).parent
 RUN_TIMEOUT = 300
 MAX_EXAMPLES = 20
 SEED = 20261125
+# The operations of one of the two runs that go at once (about half of them, by time).
+HALF = "^/api/v1/(consultations|attachments|patients)"
+# Every phase but the stateful one, which spans operations and runs after both halves.
+PER_OPERATION = ("--phases", "examples,coverage,fuzzing")
 # Limits high enough that a 429 never hides a finding (429 is still documented).
 RATE_ENV = {
     name: "1000000/m"
@@ -109,9 +114,11 @@ def login(base: str) -> str:
     return answer.json()["token"]
 
 
-def schemathesis(
+def schemathesis_start(
     base: str, token: str, config: Path, report: Path, *selection: str
-) -> tuple[int, str]:
+) -> subprocess.Popen:
+    """Start one run in report's directory; its output goes to output.txt there."""
+    report.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
         "-m",
@@ -145,15 +152,32 @@ def schemathesis(
         "PYTHONPATH": str(BASE_DIR),
         "NO_COLOR": "1",
     }
-    result = subprocess.run(
-        command,
-        cwd=report.parent,  # its caches (.schemathesis/, .hypothesis/) stay out of the tree
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
-    return result.returncode, result.stdout + result.stderr
+    with (report.parent / "output.txt").open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            # Its caches (.schemathesis/, .hypothesis/) stay out of the tree, one per run.
+            cwd=report.parent,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    process.run_dir = report.parent
+    return process
+
+
+def schemathesis_wait(process: subprocess.Popen) -> tuple[int, str]:
+    """Wait for a run started by schemathesis_start; its exit code and output."""
+    try:
+        code = process.wait(timeout=RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return code, (process.run_dir / "output.txt").read_text()
+
+
+def schemathesis(base: str, token: str, config: Path, report: Path, *selection: str):
+    return schemathesis_wait(schemathesis_start(base, token, config, report, *selection))
 
 
 def findings(output: str) -> str:
@@ -185,24 +209,59 @@ def test_schemathesis_finds_nothing(product, tmp_path):
     config = config_with_ids(tmp_path)
 
     started = time.monotonic()
-    # Logging out revokes the token every other request uses: it runs last, on its own.
+    # The operations in two halves at once (two processes of one worker each: the client
+    # is most of the CPU, and one worker is all a process can have), then the stateful
+    # phase over all of them. Logging out revokes the token every other request uses: it
+    # runs last, on its own.
+    halves = [
+        ("--include-path-regex", HALF),
+        ("--exclude-path-regex", f"{HALF}|^/api/v1/auth/logout$"),
+    ]
+    runs = [
+        schemathesis_start(
+            product, token, config, tmp_path / f"half{n}" / "report.xml", *PER_OPERATION, *half
+        )
+        for n, half in enumerate(halves)
+    ]
+    results = [schemathesis_wait(run) for run in runs]
+    runs_tests, summaries = 0, []
+    for n, (code, output) in enumerate(results):
+        summary = output[output.rfind("= SUMMARY =") :] or output[-4000:]
+        summaries.append(summary)
+        assert code == 0, f"schemathesis found failures:\n{findings(output)}"
+        totals = junit_totals(tmp_path / f"half{n}" / "report.xml")
+        assert totals["failures"] == totals["errors"] == 0, summary
+        # The token worked: no operation answered only 401 (403 only is the patient's MFA).
+        assert "401 Unauthorized (" not in output, summary
+        runs_tests += totals["tests"]
+    # Every operation but logout was exercised.
+    assert runs_tests >= operations - 1, (runs_tests, operations)
+
     code, output = schemathesis(
-        product, token, config, tmp_path / "main.xml", "--exclude-path", "/api/v1/auth/logout"
+        product,
+        token,
+        config,
+        tmp_path / "stateful" / "report.xml",
+        "--phases",
+        "stateful",
+        "--exclude-path",
+        "/api/v1/auth/logout",
     )
-    (tmp_path / "schemathesis.txt").write_text(output)
     summary = output[output.rfind("= SUMMARY =") :] or output[-4000:]
-    assert code == 0, f"schemathesis found failures:\n{findings(output)}"
-    totals = junit_totals(tmp_path / "main.xml")
+    assert code == 0, f"schemathesis found failures in the stateful phase:\n{findings(output)}"
+    totals = junit_totals(tmp_path / "stateful" / "report.xml")
     assert totals["failures"] == totals["errors"] == 0, summary
-    # Every operation but logout was exercised (plus one entry for the stateful phase).
-    assert totals["tests"] >= operations - 1, summary
-    # The token worked: no operation answered only 401 (403 only is the patient's MFA).
     assert "401 Unauthorized (" not in output, summary
 
     code, output = schemathesis(
-        product, token, config, tmp_path / "logout.xml", "--include-path", "/api/v1/auth/logout"
+        product,
+        token,
+        config,
+        tmp_path / "logout" / "report.xml",
+        "--include-path",
+        "/api/v1/auth/logout",
     )
     assert code == 0, f"schemathesis found failures on logout:\n{output[-10000:]}"
-    assert junit_totals(tmp_path / "logout.xml")["tests"] == 1
+    assert junit_totals(tmp_path / "logout" / "report.xml")["tests"] == 1
     print(f"schemathesis: {operations} operations in {time.monotonic() - started:.0f}s")
-    print(summary)
+    print("\n".join([*summaries, summary]))

@@ -32,6 +32,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
 from django.contrib.auth.models import AnonymousUser
+from django.db import connections
 from django.http.cookie import parse_cookie
 from django.http.request import validate_host
 from django.utils.crypto import constant_time_compare
@@ -89,6 +90,16 @@ def handshake_db(func):
         with db_routing.use_primary():
             return func(*args, **kwargs)
 
+    def on_primary_and_let_go(*args, **kwargs):
+        try:
+            return on_primary(*args, **kwargs)
+        finally:
+            # Back to the pool after every hop, as close_old_connections does in production:
+            # channels' test communicator turns that off, and a pool thread keeping its
+            # connection would keep the test database open (it could not be dropped).
+            for connection in connections.all(initialized_only=True):
+                connection.close()
+
     async def run(*args, **kwargs):
         global _handshake_executor
         if _handshake_executor is None:
@@ -103,7 +114,9 @@ def handshake_db(func):
             )
         if _handshake_executor is False:
             return await DatabaseSyncToAsync(on_primary)(*args, **kwargs)
-        call = DatabaseSyncToAsync(on_primary, thread_sensitive=False, executor=_handshake_executor)
+        call = DatabaseSyncToAsync(
+            on_primary_and_let_go, thread_sensitive=False, executor=_handshake_executor
+        )
         return await call(*args, **kwargs)
 
     return run

@@ -6,6 +6,7 @@ Datetimes are rendered in the caller's timezone (the views activate it), with th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC
 
 from django.db import models
 from django.utils import timezone
@@ -162,7 +163,6 @@ CONSULTATION_COLUMNS = (
     "checked_in_at",
     "rescheduled_from_id",
 )
-_CONSULTATION_DATETIMES = ("started_at", "completed_at", "cancelled_at", "no_show_at")
 
 
 def consultation_columns(*, clinician: bool) -> tuple[str, ...]:
@@ -178,14 +178,38 @@ def _iso(value, tz):
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+def _iso_utc(value):
+    # ``_iso`` for a UTC timezone, with the same text: PostgreSQL's rows are already in
+    # UTC (datetime.timezone.utc), so there is nothing to convert and the offset is always
+    # "+00:00". Eight of these per row were a tenth of the list's own CPU.
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat()[:-6] + "Z"
+
+
+# Zones that are UTC at every instant (``_iso_utc`` gives their exact text).
+_UTC_ZONES = frozenset({"UTC", "Etc/UTC"})
+
+
+def _formatter(tz):
+    """The datetime formatter for the active timezone ``tz``."""
+    if tz is UTC or getattr(tz, "key", None) in _UTC_ZONES:
+        return _iso_utc
+    return lambda value: _iso(value, tz)
+
+
 def consultation_rows(
     rows: Iterable[dict], *, unread_counts: dict[int, int] | None = None, clinician: bool
 ) -> list[dict]:
     """``ConsultationOutput`` bodies of ``values(*consultation_columns(...))`` rows, with
     datetimes in the active timezone and each row's unread count (0 if not given)."""
-    tz = timezone.get_current_timezone()
-    unread = unread_counts or {}
+    iso = _formatter(timezone.get_current_timezone())
+    unread = (unread_counts or {}).get
     out = []
+    append = out.append
+    # One dict display per row, keys in ConsultationOutput's order (the JSON's order).
     for row in rows:
         pk = row["id"]
         body = {
@@ -198,19 +222,21 @@ def consultation_rows(
             "provider_name": row["provider__full_name"],
             "organization": row["organization_id"],
             "slot": row["slot_id"],
-            "scheduled_start": _iso(row["scheduled_start"], tz),
-            "scheduled_end": _iso(row["scheduled_end"], tz),
+            "scheduled_start": iso(row["scheduled_start"]),
+            "scheduled_end": iso(row["scheduled_end"]),
             "reason": row["reason"],
-            "unread_count": unread.get(pk, 0),
-            "created_at": _iso(row["created_at"], tz),
+            "unread_count": unread(pk, 0),
+            "created_at": iso(row["created_at"]),
+            "started_at": iso(row["started_at"]),
+            "completed_at": iso(row["completed_at"]),
+            "cancelled_at": iso(row["cancelled_at"]),
+            "no_show_at": iso(row["no_show_at"]),
+            "checked_in_at": iso(row["checked_in_at"]),
+            "rescheduled_from": row["rescheduled_from_id"],
         }
-        for name in _CONSULTATION_DATETIMES:
-            body[name] = _iso(row[name], tz)
-        body["checked_in_at"] = _iso(row["checked_in_at"], tz)
-        body["rescheduled_from"] = row["rescheduled_from_id"]
         if clinician:
             body["provider_notes"] = row["provider_notes"]
-        out.append(body)
+        append(body)
     return out
 
 

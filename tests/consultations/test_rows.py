@@ -6,14 +6,14 @@ writes answer with it, and the OpenAPI schema still describes ``ConsultationOutp
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils import timezone
 
 from accounts.models import Role
-from consultations import services
+from consultations import serializers, services
 from consultations.models import Consultation
 from consultations.serializers import (
     ConsultationOutput,
@@ -113,3 +113,25 @@ def test_list_and_detail_answer_the_serializers_json(
     assert json.dumps(detail.json()) == json.dumps(
         next(e for e in expected if e["id"] == varied[-1].pk)
     )
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Etc/UTC"])
+def test_a_utc_zone_formats_as_the_general_path(zone):
+    """The UTC shortcut gives ``_iso``'s text for values in any zone, with or without
+    microseconds; other zones take the general path."""
+    tz = ZoneInfo(zone)
+    instant = datetime(2026, 3, 29, 0, 30, 5, 120000, tzinfo=UTC)
+    values = [
+        instant,
+        instant.replace(microsecond=0),
+        instant.astimezone(ZoneInfo("Asia/Kolkata")),
+        instant.astimezone(ZoneInfo("America/New_York")).replace(microsecond=7),
+        None,
+    ]
+    for fast in (serializers._formatter(tz), serializers._formatter(UTC)):
+        assert fast is serializers._iso_utc
+        assert [fast(v) for v in values] == [serializers._iso(v, tz) for v in values]
+    assert fast(instant) == "2026-03-29T00:30:05.120000Z"
+    kolkata = serializers._formatter(ZoneInfo("Asia/Kolkata"))
+    assert kolkata is not serializers._iso_utc
+    assert kolkata(instant) == "2026-03-29T06:00:05.120000+05:30"

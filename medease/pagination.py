@@ -55,7 +55,10 @@ class CursorPagination(pagination.CursorPagination):
             # DRF flips the position's comparison for a descending first field; the fetch
             # contract here is for ascending ones (the lists that use it).
             raise ValueError("paginate_rows needs an ascending first ordering field")
-        self._queryset = model.objects.none()  # _check_position reads the model from it
+        if request.query_params.get(self.cursor_query_param) is not None:
+            # _check_position reads the model from it; without a cursor it never runs (an
+            # empty queryset per first page was a noticeable share of the pagination's CPU).
+            self._queryset = model.objects.none()
         self.request = request
         self.page_size = self.get_page_size(request)
         self.base_url = request.build_absolute_uri()

@@ -20,6 +20,7 @@ import time
 import uuid
 from datetime import datetime
 
+import orjson
 import redis
 from django.conf import settings
 from django.db import DataError, IntegrityError, close_old_connections, transaction
@@ -43,6 +44,7 @@ _FIELDS = (
     "organization_id",
     "request_id",
 )
+_FIELD_SET = frozenset(_FIELDS)
 
 _clients: dict[str, redis.Redis] = {}
 _clients_lock = threading.Lock()
@@ -94,7 +96,14 @@ def stream_append(events: list[AuditEvent]) -> None:
 def stream_append_values(events: list[dict]) -> None:
     """``stream_append`` for events given as column values (``event_id`` and
     ``created_at`` set)."""
-    payload = json.dumps([values_encode(values) for values in events], separators=(",", ":"))
+    try:
+        # orjson writes a UUID as str() and a datetime as isoformat() do, so an event of
+        # exactly the columns needs no values_encode() copy (a list page has 20 of them).
+        payload = orjson.dumps(
+            [values if values.keys() == _FIELD_SET else values_encode(values) for values in events]
+        )
+    except orjson.JSONEncodeError:  # beyond orjson (an integer over 64 bits, a lone surrogate)
+        payload = json.dumps([values_encode(values) for values in events], separators=(",", ":"))
     _request_client().xadd(settings.AUDIT_STREAM_KEY, {FIELD: payload})
 
 

@@ -5,7 +5,12 @@ start time (offset cursors), for every role and with a status filter."""
 
 from __future__ import annotations
 
+import json
+import uuid
+from datetime import datetime
+
 import pytest
+import redis
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
@@ -14,6 +19,7 @@ from consultations import services
 from consultations.api._base import paginator_for
 from consultations.models import Consultation
 from consultations.selectors import consultations as consultation_selectors
+from medease import audit_stream
 from medease.exceptions import NotFound
 from tests.consultations.conftest import in_hours
 
@@ -196,3 +202,37 @@ def test_a_detail_row_is_the_orms_for_its_viewer_only(
         consultation_selectors.consultation_row_get_for_user(
             user=user, consultation_id=2**70, clinician=clinician
         )
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)  # outside a transaction: the stream path
+def test_the_lists_audit_entry_is_one_event_per_listed_row(settings, token_client, busy_clinic):
+    """On the stream path a page's events are one entry, one event per listed
+    consultation, whose bytes are exactly values_encode()'s JSON (orjson writes the event
+    values without that copy)."""
+    settings.AUDIT_WRITE_PATH = "stream"
+    settings.AUDIT_REDIS_URL = settings.REDIS_URL
+    settings.AUDIT_STREAM_KEY = f"medease-test:audit:{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(settings.AUDIT_REDIS_URL)
+    try:
+        body = token_client(busy_clinic[0]).get("/api/v1/consultations", {"limit": 5}).json()
+        ids = [row["id"] for row in body["results"]]
+        (_, fields), *rest = client.xrange(settings.AUDIT_STREAM_KEY)
+        assert rest == []
+        raw = fields[audit_stream.FIELD.encode()]
+        events = json.loads(raw)
+        assert [event["object_id"] for event in events] == [str(pk) for pk in ids]
+        assert {(e["action"], e["object_type"]) for e in events} == {("read", "consultation")}
+        values = [
+            dict(
+                e,
+                event_id=uuid.UUID(e["event_id"]),
+                created_at=datetime.fromisoformat(e["created_at"]),
+            )
+            for e in events
+        ]
+        encoded = [audit_stream.values_encode(v) for v in values]
+        assert raw == json.dumps(encoded, separators=(",", ":")).encode()
+    finally:
+        client.delete(settings.AUDIT_STREAM_KEY)
+        client.close()

@@ -116,9 +116,10 @@ def test_a_task_enqueued_after_a_write_reads_the_primary(
 def test_the_booking_confirmation_task_sees_the_booking(
     worker, publisher, session_redis, nodes, clinic, slots, primary, scale_db
 ):
-    """End to end: a booking's confirmation is enqueued tagged for the primary by the web
-    node (medease.celery_routing), and delivered by a worker right after commit, by a task
-    that read the row on the primary while the replica had not replayed it yet."""
+    """End to end: a booking's confirmation is kicked by the web node on commit, enqueued
+    tagged for the primary (medease.celery_routing) by the worker's outbox dispatcher, and
+    delivered right after commit by a task that read the row on the primary while the
+    replica had not replayed it yet."""
     a, b = (node.http() for node in nodes)
     broker = redis.Redis.from_url(session_redis.url(1))
 

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from django.core.cache import caches
 from django.test import RequestFactory
 
 from medease import ratelimit
 from medease.exceptions import RateLimited
+from tests.redis_commands import command_calls, command_delta, ratelimit_redis
 
 pytestmark = pytest.mark.redis
 
 
 def _request(ip: str = "198.51.100.7"):
     return RequestFactory().get("/api/v1/me", REMOTE_ADDR=ip)
-
-
-def _redis():
-    return caches["ratelimit"].client.get_client(write=True)
-
-
-def _calls(client) -> dict[str, int]:
-    stats = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
-
-
-def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    changed = {name: n - before.get(name, 0) for name, n in after.items()}
-    return {name: n for name, n in changed.items() if n and name not in ("info",)}
 
 
 def test_the_limit_answers_429_with_retry_after_within_the_window(settings):
@@ -46,18 +32,18 @@ def test_the_limit_answers_429_with_retry_after_within_the_window(settings):
 
 def test_a_counted_event_is_one_round_trip_and_sets_the_expiry(settings):
     settings.RATE_LIMITS = {**settings.RATE_LIMITS, "register_ip": ("5/h", False)}
-    client = _redis()
+    client = ratelimit_redis()
     request = _request("203.0.113.9")
-    before = _calls(client)
+    before = command_calls(client)
     ratelimit.hit(request, name="register_ip", key=ratelimit.by_ip)
-    first = _delta(before, _calls(client))
+    first = command_delta(before, command_calls(client))
     # EVALSHA (or EVAL when the script was not loaded yet: then a NOSCRIPT EVALSHA, a
     # SCRIPT LOAD and the retry) with its INCRBY and PEXPIRE inside: no SET NX, no GET.
     assert first.get("incrby") == 1 and first.get("pexpire") == 1, first
     assert not {"set", "get", "setnx", "incr"} & set(first), first
-    before = _calls(client)
+    before = command_calls(client)
     ratelimit.hit(request, name="register_ip", key=ratelimit.by_ip)
-    second = _delta(before, _calls(client))
+    second = command_delta(before, command_calls(client))
     assert second == {"evalsha": 1, "incrby": 1}, second  # the expiry is set once
     keys = [key for key in client.scan_iter(match="*rl:*")]
     assert len(keys) == 1
@@ -72,7 +58,7 @@ def test_counters_are_shared_by_every_client_of_the_redis(settings):
     ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
     ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
     # A second node: its own connection pool and client on the same server.
-    first_node = _redis()
+    first_node = ratelimit_redis()
     # Another connection pool and client to the same server (a URL of its own).
     location = settings.CACHES["ratelimit"]["LOCATION"]
     separator = "&" if "?" in location else "?"
@@ -83,7 +69,7 @@ def test_counters_are_shared_by_every_client_of_the_redis(settings):
             "LOCATION": f"{location}{separator}health_check_interval=0",
         },
     }
-    assert _redis().connection_pool is not first_node.connection_pool
+    assert ratelimit_redis().connection_pool is not first_node.connection_pool
     ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
     ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
     with pytest.raises(RateLimited):

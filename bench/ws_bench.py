@@ -52,6 +52,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -215,8 +216,9 @@ class Bench:
         if len(self.cpus) < 2 or not shutil.which("taskset"):
             print("warning: fewer than 2 cores or no taskset; not pinning", file=sys.stderr)
             return None
-        os.sched_setaffinity(0, set(self.cpus[1:]))
-        return self.cpus[0]
+        server = self.args.server_cpu if self.args.server_cpu in self.cpus else self.cpus[0]
+        os.sched_setaffinity(0, set(self.cpus) - {server})
+        return server
 
     def start_redis(self) -> None:
         redis = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -444,6 +446,7 @@ class Bench:
             idle_core_share = round((cpu() - cpu_before) / idle_seconds, 4)
 
         sent_at: dict[str, float] = {}
+        profilers = self.profile(servers, scenario, round_, len(plan) / rate) if plan else []
         cpu_before = cpu()
         begin = time.perf_counter()
         for n, (sender, recipients) in enumerate(plan):
@@ -465,6 +468,12 @@ class Bench:
                 break
             await asyncio.sleep(0.02)
         cpu_used = cpu() - cpu_before
+        for profiler in profilers:  # py-spy writes its stacks when its --duration is up
+            try:
+                profiler.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(timeout=30)
 
         latencies = [
             (t - sent_at[client_id]) * 1000
@@ -502,6 +511,41 @@ class Bench:
             idle_core_share=idle_core_share,
             load1=round(os.getloadavg()[0], 2),
         )
+
+    def profile(self, servers, scenario: str, round_: int, seconds: float) -> list:
+        """With ``--profile DIR``: py-spy samples each MedEase server over the sending phase,
+        counting only samples that hold the GIL (CPU, not waits), as raw collapsed stacks
+        for bench/profile_top.py. The relay is not profiled."""
+        if not self.args.profile or servers[0].target != "medease":
+            return []
+        out = Path(self.args.profile)
+        out.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", scenario).strip("-")
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        duration = str(max(1, int(seconds)))
+        return [
+            subprocess.Popen(
+                [
+                    pyspy,
+                    "record",
+                    "--pid",
+                    str(server.pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "100",
+                    "--gil",
+                    "--nonblocking",
+                    "--duration",
+                    duration,
+                    "--output",
+                    str(out / f"{slug}-r{round_}-n{node}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for node, server in enumerate(servers)
+        ]
 
     async def fanout(self, servers: list[Server], round_: int, size: int) -> Run:
         room = self.consultations[0]
@@ -793,6 +837,15 @@ def main() -> None:
     )
     parser.add_argument("--json", help="write runs, summary and targets as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--server-cpu",
+        type=int,
+        default=None,
+        help="the core the servers run on (default: the first)",
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", help="py-spy each MedEase server while it sends (raw stacks)"
+    )
     args = parser.parse_args()
     # A terminated run still stops its servers and drops its database (finally blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -129,20 +129,41 @@ class Slot(models.Model):
 # --- Who may see what: one policy for the API, the websocket and the staff console ----------
 
 
+# The rule as data, read by clinic_scope and rendered to SQL by clinic_scope_sql: a role
+# sees the rows whose column (first) equals the user's attribute (second).
+SCOPE_BY_ROLE: dict[str, tuple[str, str]] = {
+    Role.PATIENT: ("patient_id", "pk"),
+    Role.PROVIDER: ("provider_id", "pk"),
+    Role.STAFF: ("organization_id", "organization_id"),
+}
+
+
 def clinic_scope(user) -> tuple[str, int] | None:
     """The (field, value) a consultation or queue entry must have for ``user`` to see it:
     patients their own, providers theirs, clinic staff their clinic's. ``None``: no row (no
-    clinic role). Superusers see every row; ``visible_to`` handles them."""
+    clinic role, or staff without a clinic). Superusers see every row; ``visible_to``
+    handles them."""
     if not getattr(user, "is_authenticated", False):
         return None
-    role = user.role
-    if role == Role.PATIENT:
-        return ("patient_id", user.pk)
-    if role == Role.PROVIDER:
-        return ("provider_id", user.pk)
-    if role == Role.STAFF and user.organization_id:
-        return ("organization_id", user.organization_id)
-    return None
+    rule = SCOPE_BY_ROLE.get(user.role)
+    if rule is None:
+        return None
+    field, attribute = rule
+    value = getattr(user, attribute)
+    return (field, value) if value else None
+
+
+def clinic_scope_sql(*, user: str, row: str) -> str:
+    """The same rule (superusers included) as a SQL condition on the aliases of a user row
+    (``accounts_user``) and of a consultation or queue entry row, for a statement that
+    checks access and writes at once (messaging.services.message_send_at_once). A NULL
+    clinic matches nothing, as ``clinic_scope`` gives staff without one no rows."""
+    column = {"pk": "id", "organization_id": "organization_id"}
+    cases = " OR ".join(
+        f"({user}.role = '{role}' AND {row}.{field} = {user}.{column[attribute]})"
+        for role, (field, attribute) in SCOPE_BY_ROLE.items()
+    )
+    return f"({user}.is_superuser OR {cases})"
 
 
 class ClinicQuerySet(models.QuerySet):

@@ -25,7 +25,7 @@ from medease.context import current_request_id
 from medease.models import AuditAction, AuditEvent
 from medease.ratelimit import client_ip
 
-__all__ = ["AuditAction", "audit_log", "audit_log_rows", "audit_log_typed_rows"]
+__all__ = ["AuditAction", "audit_log", "audit_log_rows", "audit_log_typed_rows", "audit_origin"]
 
 logger = logging.getLogger("medease.audit")
 
@@ -44,6 +44,15 @@ def _ip_or_none(request) -> str | None:
         return None
 
 
+def audit_origin(request) -> tuple[int | None, str | None, str]:
+    """Who asked, from where, in which request: ``(user_id, ip, request_id)`` of the events
+    written for ``request`` (also by a statement that writes its own event in SQL)."""
+    user = getattr(request, "user", None)
+    user_id = user.pk if user is not None and user.is_authenticated else None
+    request_id = current_request_id()
+    return user_id, _ip_or_none(request), request_id if request_id != "-" else ""
+
+
 def audit_log_rows(*, request, action: str, object_type: str, rows: Iterable[AuditRow]) -> None:
     """Append one event per row, each with its own patient and clinic, in one write.
 
@@ -59,11 +68,7 @@ def audit_log_rows(*, request, action: str, object_type: str, rows: Iterable[Aud
 def audit_log_typed_rows(*, request, action: str, rows: Iterable[TypedAuditRow]) -> None:
     """Like ``audit_log_rows`` with an object type per row (a page of mixed objects), in one
     write."""
-    user = getattr(request, "user", None)
-    user_id = user.pk if user is not None and user.is_authenticated else None
-    ip = _ip_or_none(request)
-    request_id = current_request_id()
-    request_id = request_id if request_id != "-" else ""
+    user_id, ip, request_id = audit_origin(request)
     now = timezone.now()
     # Plain column values, not model instances: the stream path never needs a model (a
     # list page's 20 instances were a noticeable share of its CPU); the event_id is set

@@ -12,6 +12,7 @@ trip (accounts.token_cache.read_counting) when it can be; ApiUserThrottle then o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -19,12 +20,14 @@ import ipaddress
 import logging
 import re
 import time
+import weakref
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import caches
+from redis import asyncio as aioredis
 from redis.commands.core import Script
 from rest_framework.throttling import BaseThrottle
 
@@ -191,12 +194,54 @@ def _usage(request, *, name: str, key: KeyFunc, increment: bool) -> dict | None:
     try:
         count = _count(limit.key, increment=increment, period=limit.period)
     except Exception as exc:  # Redis down or timing out: decide per limit.
-        if limit.fail_open:
-            logger.warning("rate limit %s skipped, cache unavailable: %s", name, exc)
-            return None
-        logger.error("rate limit %s failed closed, cache unavailable: %s", name, exc)
-        raise ServiceUnavailable(_UNAVAILABLE) from exc
+        return _unavailable(limit, exc)
     return limit.usage(count)
+
+
+def _unavailable(limit: Counter, exc: Exception) -> None:
+    """The cache could not count: let the event through (fail-open) or raise 503."""
+    if limit.fail_open:
+        logger.warning("rate limit %s skipped, cache unavailable: %s", limit.name, exc)
+        return None
+    logger.error("rate limit %s failed closed, cache unavailable: %s", limit.name, exc)
+    raise ServiceUnavailable(_UNAVAILABLE) from exc
+
+
+# asyncio clients of the rate-limit cache's Redis, one per event loop (they are bound to it).
+_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_async_increment: dict = {}
+
+
+async def ahit(request, *, name: str, key: KeyFunc) -> None:
+    """:func:`hit` from the event loop, without a thread (a chat socket's send): the same
+    counter, script and fail-open or fail-closed rule, on an asyncio client."""
+    if not settings.RATELIMIT_ENABLE:
+        return
+    cache = caches[settings.RATELIMIT_USE_CACHE]
+    if _redis_client(cache) is None:  # the local-memory cache: no I/O to wait for
+        return hit(request, name=name, key=key)
+    limit = counter(name, key(name, request))
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        location = settings.CACHES[settings.RATELIMIT_USE_CACHE]["LOCATION"]
+        # django-redis writes to the first of its servers.
+        first = location.split(",")[0] if isinstance(location, str) else location[0]
+        client = _async_clients[loop] = aioredis.Redis.from_url(
+            first,
+            socket_timeout=settings.CACHE_SOCKET_TIMEOUT,
+            socket_connect_timeout=settings.CACHE_SOCKET_TIMEOUT,
+        )
+        _async_increment[loop] = client.register_script(_INCREMENT)
+    try:
+        count = int(
+            await _async_increment[loop](keys=[cache.make_key(limit.key)], args=[1, limit.ttl_ms])
+        )
+    except Exception as exc:  # Redis down or timing out: decide per limit.
+        return _unavailable(limit, exc)
+    usage = limit.usage(count)
+    if usage["should_limit"]:
+        raise RateLimited(retry_after=usage["time_left"])
 
 
 def check(request, *, name: str, key: KeyFunc) -> None:

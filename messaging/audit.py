@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 
 from medease import context
-from medease.audit import AuditAction, audit_log
+from medease.audit import AuditAction, audit_log, audit_origin
 from messaging.selectors import HISTORY_AUDIT_TYPE
 
 # What the audit log calls a message stored in a chat.
@@ -52,3 +52,11 @@ def audit_message_created(*, request, consultation, message) -> None:
             patient_id=consultation.patient_id,
             organization_id=consultation.organization_id,
         )
+
+
+def message_created_origin(request) -> tuple[int | None, str | None, str]:
+    """``audit_origin`` of a message's create event, for the send that writes the event in
+    its own statement (messaging.services.message_send_at_once): same user, address and
+    request (or socket connection) id as :func:`audit_message_created` records."""
+    with _request_id_of(request):
+        return audit_origin(request)

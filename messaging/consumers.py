@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -55,9 +56,9 @@ from medease.exceptions import (
     field_errors,
 )
 from medease.parsers import MAX_DEPTH, nested_deeper_than
-from messaging import events, hub, permissions, presence, selectors, services
+from messaging import events, hub, lanes, permissions, presence, selectors, services
 from messaging.api import plain_send_input
-from messaging.audit import audit_chat_read, audit_message_created
+from messaging.audit import audit_chat_read, audit_message_created, message_created_origin
 from messaging.middleware import handshake_db
 from messaging.models import Message
 from messaging.scope import ScopeRequest
@@ -80,9 +81,9 @@ BACKLOG_FRAMES = 256
 BACKLOG_BYTES = 512 * 1024
 # The HTTP middleware's rule for a client-given request id (medease.middleware).
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
-# Threads ("lanes") for websocket sends on PostgreSQL (see _send_lane). Each send takes a
-# connection from the pool for its duration, so they stay well below its max size.
-SEND_LANES = 4
+# Threads for websocket sends on PostgreSQL that take the full path (see _send_lane), as
+# many as the event loop's lanes (messaging.lanes); each keeps one pool connection.
+SEND_LANES = lanes.SEND_LANES
 # How long a sender's acknowledgement waits for the message's own fan-out copy (which
 # comes after every message of the consultation published before it; see _on_send).
 ACK_WAIT_SECONDS = 1.0
@@ -127,19 +128,22 @@ def _recheck(user, consultation_id: int):
     return _authorize(user, consultation_id)[1]
 
 
-def _send(request, consultation_id: int, body, client_id, attachment_ids=()) -> tuple:
+def _send(request, consultation_id: int, body, client_id, attachment_ids=(), counted=False):
     """Store one message sent over the socket: ``(payload, created)``.
 
-    The REST send's path (docs/performance.md, "Chat delivery"): the access check as one
-    plain statement (the user as they are now, like chat_access), the shared rate limit,
-    the plain-SQL store with its create event in the same transaction, fan-out on commit.
+    The REST send's path (docs/performance.md, "Chat delivery"), for a send the one
+    statement on the event loop did not store (ConsultationChatConsumer._store): the shared
+    rate limit (unless ``counted`` already), the access check as one plain statement (the
+    user as they are now, like chat_access), the plain-SQL store with its create event in
+    the same transaction, fan-out on commit. It gives every refusal its answer.
     """
     with db_routing.use_primary():
+        if not counted:
+            # The per-user send budget shared with the REST send, across nodes.
+            ratelimit.hit(request, name="message_user", key=ratelimit.by_user)
         consultation = selectors.chat_access_columns(
             user_id=request.user.pk, consultation_id=consultation_id
         )
-        # The per-user send budget shared with the REST send, across nodes.
-        ratelimit.hit(request, name="message_user", key=ratelimit.by_user)
         message, created = services.message_send(
             consultation=consultation,
             sender=request.user,
@@ -159,20 +163,42 @@ def _send(request, consultation_id: int, body, client_id, attachment_ids=()) -> 
         return message_payload(message, attachments.get(message.pk, ())), created
 
 
-def _send_and_let_go(*args):
+def _send_on_lane(*args):
     try:
         return _send(*args)
     finally:
-        # The connection goes back to the pool after every send, as channels'
-        # close_old_connections does with CONN_MAX_AGE 0 in production; done here because
-        # channels' test communicator turns that off, and a lane thread keeping its
-        # connection would keep the test database open (it could not be dropped).
+        # A lane keeps its connection from send to send: the pool checkout and Django's
+        # connection set-up were a fifth of a send's CPU, and there are SEND_LANES lanes
+        # (a fixed few connections per process, unlike a thread per request). One that
+        # broke or was left mid-transaction is closed; the next send opens another.
         for connection in connections.all(initialized_only=True):
+            _close_if_unusable(connection)
+
+
+def _close_if_unusable(connection) -> None:
+    if connection.connection is None:
+        return
+    if connection.in_atomic_block or connection.get_autocommit() is not True:
+        connection.close()
+    elif connection.errors_occurred:
+        if connection.is_usable():
+            connection.errors_occurred = False
+        else:
             connection.close()
+
+
+def close_lane_connections() -> None:
+    """Close the connections sends keep (the threads' here, each on its own thread, and
+    the event loop's lanes): for a test database about to be flushed or dropped, or a
+    process shutting down."""
+    for executor, context in _lane_threads:
+        executor.submit(context.run, connections.close_all).result(timeout=30)
+    lanes.close_all()
 
 
 _send_on_database_thread = database_sync_to_async(_send)
 _lanes: list[SyncToAsync] | None = None
+_lane_threads: list[tuple[ThreadPoolExecutor, contextvars.Context]] = []
 _lanes_lock = threading.Lock()
 
 
@@ -184,28 +210,33 @@ def _send_lane(consultation_id: int) -> SyncToAsync:
     sends go to one of SEND_LANES single-thread executors, chosen by its id. Sends of
     different consultations overlap; those of one consultation still run one at a time in
     arrival order, each fanned out (published on commit) before the next starts, as on
-    the database thread. Each send takes a pool connection and gives it back
-    (_send_and_let_go), so a lane holds no connection, transaction or atomic state between
-    sends. SQLite (the embedded default) stays on the database thread: its in-memory test
-    database answers concurrent writers from several threads with "table is locked".
+    the database thread. A lane keeps one connection (_send_on_lane), never a transaction
+    or atomic state, between sends. SQLite (the embedded default) stays on the database
+    thread: its in-memory test database answers concurrent writers from several threads
+    with "table is locked".
     """
     global _lanes
     if _lanes is None:
         with _lanes_lock:
             if _lanes is None:
                 engine = settings.DATABASES[router.db_for_write(Message)]["ENGINE"]
-                _lanes = (
-                    [
-                        SyncToAsync(
-                            _send_and_let_go,
-                            thread_sensitive=False,
-                            executor=ThreadPoolExecutor(1, thread_name_prefix=f"chat-send-{n}"),
-                        )
-                        for n in range(SEND_LANES)
-                    ]
-                    if engine.endswith("postgresql")
-                    else []
-                )
+                # Each lane runs in a context of its own, not a copy of the sending
+                # socket's: Django's connections are per context, so the lane's one
+                # connection is kept from send to send and no socket gets a connection
+                # object of its own (nor pays for the copy and its restoring).
+                _lane_threads[:] = [
+                    (
+                        ThreadPoolExecutor(1, thread_name_prefix=f"chat-send-{n}"),
+                        contextvars.Context(),
+                    )
+                    for n in range(SEND_LANES if engine.endswith("postgresql") else 0)
+                ]
+                _lanes = [
+                    SyncToAsync(
+                        _send_on_lane, thread_sensitive=False, executor=executor, context=context
+                    )
+                    for executor, context in _lane_threads
+                ]
     if not _lanes:
         return _send_on_database_thread
     return _lanes[consultation_id % len(_lanes)]
@@ -343,9 +374,16 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             return await self._refuse(CLOSE_BAD_REQUEST)
         try:
             # Checked and audited; not kept (a socket holds ids, not model instances).
-            await _open_chat(self._request(), self.consultation_id)
+            consultation = await _open_chat(self._request(), self.consultation_id)
         except NotFound:
             return await self._refuse(CLOSE_FORBIDDEN)
+        # The other participant: whom this socket's sends must find online to be stored in
+        # one statement (services.message_send_at_once checks it is still them).
+        self.peer_id = (
+            consultation.provider_id
+            if self.user_id == consultation.patient_id
+            else consultation.patient_id
+        )
 
         # Subscribed only now, after the permission check: the consultation's events, and
         # the user's own through which revocation closes this socket. join() returns once
@@ -508,13 +546,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             fields = data.validated_data
         self.held = [] if self.held is None else self.held
         try:
-            payload, created = await _send_lane(self.consultation_id)(
-                self._request(),
-                self.consultation_id,
-                fields["body"],
-                fields["client_id"],
-                fields["attachments"],
-            )
+            payload, created = await self._store(fields)
         except RateLimited as exc:
             self._release()
             return await self._error(
@@ -557,6 +589,29 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         for ident, frame in held:
             if ident > own:
                 self._write(frame, ident)
+
+    async def _store(self, fields: dict) -> tuple[dict, bool]:
+        """The send stored (and fanned out): ``(payload, created)``.
+
+        Usually one statement on the event loop (messaging.lanes); attachments, an offline
+        peer, a repeated client_id, a refusal and SQLite take the full path on a thread.
+        """
+        request = self._request()
+        args = (request, self.consultation_id, fields["body"], fields["client_id"])
+        if fields["attachments"] or not lanes.available():
+            return await _send_lane(self.consultation_id)(*args, fields["attachments"])
+        await ratelimit.ahit(request, name="message_user", key=ratelimit.by_user)
+        payload = await services.amessage_send_at_once(
+            sender_id=self.user_id,
+            consultation_id=self.consultation_id,
+            peer_id=self.peer_id,
+            body=fields["body"],
+            client_id=fields["client_id"],
+            audit_origin=message_created_origin(request),
+        )
+        if payload is not None:
+            return payload, True
+        return await _send_lane(self.consultation_id)(*args, (), True)
 
     async def _on_typing(self, event: dict) -> None:
         now = time.monotonic()

@@ -15,6 +15,7 @@ from accounts import services as account_services
 from accounts.models import Role
 from medease import db as db_routing
 from medease.cache import breaker as cache_breaker
+from messaging import consumers as chat_consumers
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -71,6 +72,9 @@ def _fresh_state():
     db_routing._replica_skip_until.clear()
     yield
     cache_breaker.reset()
+    # The chat send lanes keep their connections between sends: not past a test, whose
+    # database is flushed or dropped next.
+    chat_consumers.close_lane_connections()
 
 
 ACCOUNTS_TESTS = Path(__file__).parent / "accounts"

@@ -166,8 +166,17 @@ async def test_channel_layer_failure_still_stores_and_acknowledges(chat, sockets
     def broken(group, event):
         raise ConnectionError("Redis down")
 
-    # Only the fan-out of sends (published after commit) breaks; the sockets stay up.
+    apublish = hub.apublish
+
+    async def abroken(group, event):
+        if event["type"] == "chat.message":
+            raise ConnectionError("Redis down")
+        await apublish(group, event)
+
+    # Only the fan-out of sends (published after commit, from a thread on the full path,
+    # from the event loop on the one-statement path) breaks; the sockets stay up.
     monkeypatch.setattr(hub, "publish", broken)
+    monkeypatch.setattr(hub, "apublish", abroken)
     await patient.send(send_event("stored anyway", "down-1"))
     ack = (await patient.receive_type("message"))["message"]
     assert ack["body"] == "stored anyway"

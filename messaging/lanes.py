@@ -8,8 +8,10 @@ a consultation's sends take lane ``id % SEND_LANES`` and hold it, in arrival ord
 asyncio lock is first come, first served), from the statement until the fan-out is
 published: sends of one consultation are stored and published one at a time, in id
 order, while sends of different consultations overlap. A lane keeps its one connection
-(autocommit, client-side binding as Django's) from send to send; one that fails is
-closed, and the next send opens another.
+(autocommit) from send to send, so psycopg prepares the send's statement on it after a
+few executions and PostgreSQL stops planning it each time (planning the statement, with
+its five parts, cost more than running it); one that fails is closed, and the next send
+opens another.
 
 PostgreSQL only: the embedded default (SQLite) sends through the database thread.
 """
@@ -80,9 +82,7 @@ async def lane(consultation_id: int) -> AsyncIterator[psycopg.AsyncConnection]:
     held = lanes[consultation_id % SEND_LANES]
     async with held.lock:
         if held.connection is None or held.connection.closed:
-            held.connection = await psycopg.AsyncConnection.connect(
-                _conninfo(), autocommit=True, cursor_factory=psycopg.AsyncClientCursor
-            )
+            held.connection = await psycopg.AsyncConnection.connect(_conninfo(), autocommit=True)
             _opened.append(held)
         try:
             yield held.connection

@@ -193,7 +193,8 @@ _CLAIM_SQL = (
 # lock (so ids commit in id order), and stores the message, its client_id, the sender's
 # read marker and the audit event together. When anything is otherwise (no access, closed,
 # a repeated client_id, another participant) it stores nothing, and message_send's full
-# path, which knows every answer, decides.
+# path, which knows every answer, decides. Text parameters are cast: on a prepared
+# statement PostgreSQL must deduce one type for each, wherever it is used.
 _OPEN_STATUSES_SQL = ", ".join(f"'{status}'" for status in sorted(permissions.OPEN_STATUSES))
 _AT_ONCE_SQL = f"""
 WITH chat AS (
@@ -201,21 +202,21 @@ WITH chat AS (
     FROM consultations_consultation c JOIN accounts_user u ON u.id = %(sender)s
     WHERE c.id = %(consultation)s AND u.is_active AND c.status IN ({_OPEN_STATUSES_SQL})
         AND {clinic_scope_sql(user="u", row="c")}
-        AND (c.patient_id = u.id OR c.patient_id = %(peer)s)
-        AND (c.provider_id = u.id OR c.provider_id = %(peer)s OR c.provider_id IS NULL)
+        AND (c.patient_id = u.id OR c.patient_id = %(peer)s::bigint)
+        AND (c.provider_id = u.id OR c.provider_id = %(peer)s::bigint OR c.provider_id IS NULL)
         AND u.id IN (c.patient_id, c.provider_id)
     FOR NO KEY UPDATE OF c
 ), message AS (
     INSERT INTO messaging_message (consultation_id, sender_id, body, client_id, created_at)
-    SELECT id, %(sender)s, %(body)s, %(client_id)s, %(now)s FROM chat
+    SELECT id, %(sender)s, %(body)s::text, %(client_id)s::varchar, %(now)s FROM chat
     WHERE NOT EXISTS (
         SELECT FROM messaging_messageclientid
-        WHERE sender_id = %(sender)s AND client_id = %(client_id)s
+        WHERE sender_id = %(sender)s AND client_id = %(client_id)s::varchar
     )
     RETURNING id
 ), client_id AS (
     INSERT INTO messaging_messageclientid (sender_id, client_id, message_id, message_created_at)
-    SELECT %(sender)s, %(client_id)s, id, %(now)s FROM message
+    SELECT %(sender)s, %(client_id)s::varchar, id, %(now)s FROM message
 ), marker AS (
     INSERT INTO messaging_readmarker (consultation_id, user_id, last_read_message_id, read_at)
     SELECT %(consultation)s, %(sender)s, id, %(now)s FROM message
@@ -225,9 +226,9 @@ WITH chat AS (
 ), audit AS (
     INSERT INTO medease_auditevent (created_at, user_id, ip, action, object_type, object_id,
         patient_id, organization_id, request_id, event_id)
-    SELECT %(now)s, %(audit_user)s, %(audit_ip)s, %(audit_action)s, %(audit_type)s,
-        message.id::text, chat.patient_id, chat.organization_id, %(request_id)s,
-        gen_random_uuid()
+    SELECT %(now)s, %(audit_user)s, %(audit_ip)s::inet, %(audit_action)s::varchar,
+        %(audit_type)s::varchar, message.id::text, chat.patient_id, chat.organization_id,
+        %(request_id)s::varchar, gen_random_uuid()
     FROM message, chat
 )
 SELECT id FROM message

@@ -43,12 +43,12 @@ async def agroup_send(group: str, event: dict) -> bool:
     if layer is None and hub.channel_of(group) is None:
         return False
     try:
-        await asyncio.wait_for(
-            hub.apublish(group, event)
-            if hub.channel_of(group) is not None
-            else layer.group_send(group, event),
-            timeout=settings.MESSAGING_FANOUT_TIMEOUT_SECONDS,
-        )
+        # A timeout scope, not wait_for: no task per fan-out.
+        async with asyncio.timeout(settings.MESSAGING_FANOUT_TIMEOUT_SECONDS):
+            if hub.channel_of(group) is not None:
+                await hub.apublish(group, event)
+            else:
+                await layer.group_send(group, event)
     except Exception as exc:  # Redis down, slow or full: the stored data is the truth.
         logger.warning(
             "fan-out of %s to %s failed: %r", event.get("type"), group, exc, exc_info=False

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import weakref
 from collections.abc import AsyncIterator
 
@@ -46,6 +47,7 @@ _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Lane]] = (
 _opened: list[_Lane] = []  # every lane that has a connection (for close_all)
 
 
+@functools.cache
 def _alias() -> str:
     from messaging.models import Message
 

@@ -94,3 +94,43 @@ def test_rates_parse_like_before():
     assert ratelimit._split_rate("5/") == (5, 1)
     with pytest.raises(ValueError):
         ratelimit._split_rate("ten per minute")
+
+
+async def test_the_event_loop_counts_into_the_same_counter(settings):
+    """ahit (a chat socket's send, on the event loop) is hit: the same key, script and
+    limit, so sends over REST and over the socket share one budget; it loads the script
+    into a Redis that does not have it."""
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "message_user": ("3/10s", True)}
+    request = _request("192.0.2.44")
+    ratelimit_redis().script_flush()
+    await ratelimit.ahit(request, name="message_user", key=ratelimit.by_ip)
+    ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
+    await ratelimit.ahit(request, name="message_user", key=ratelimit.by_ip)
+    with pytest.raises(RateLimited) as refused:
+        await ratelimit.ahit(request, name="message_user", key=ratelimit.by_ip)
+    assert 0 <= refused.value.retry_after <= 10
+    with pytest.raises(RateLimited):
+        ratelimit.hit(request, name="message_user", key=ratelimit.by_ip)
+
+
+async def test_the_event_loop_fails_open_or_closed_as_the_limit_says(settings):
+    """A Redis that cannot be reached: a fail-open limit lets the send through, a
+    fail-closed one answers 503 (ServiceUnavailable), as hit does."""
+    from medease.exceptions import ServiceUnavailable
+
+    dead = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    settings.CACHES = {
+        **settings.CACHES,
+        "ratelimit": {**settings.CACHES["ratelimit"], "LOCATION": dead},
+    }
+    ratelimit._async_clients.clear()
+    request = _request("192.0.2.45")
+    try:
+        settings.RATE_LIMITS = {**settings.RATE_LIMITS, "message_user": ("1/10s", True)}
+        for _ in range(3):  # over the limit, but nothing can count: through
+            await ratelimit.ahit(request, name="message_user", key=ratelimit.by_ip)
+        settings.RATE_LIMITS = {**settings.RATE_LIMITS, "message_user": ("1/10s", False)}
+        with pytest.raises(ServiceUnavailable):
+            await ratelimit.ahit(request, name="message_user", key=ratelimit.by_ip)
+    finally:
+        ratelimit._async_clients.clear()

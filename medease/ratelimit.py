@@ -12,7 +12,6 @@ trip (accounts.token_cache.read_counting) when it can be; ApiUserThrottle then o
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import hashlib
@@ -20,18 +19,17 @@ import ipaddress
 import logging
 import re
 import time
-import weakref
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import caches
-from redis import asyncio as aioredis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from rest_framework.throttling import BaseThrottle
 
+from medease import redis_line
 from medease.exceptions import RateLimited, ServiceUnavailable
 
 logger = logging.getLogger("medease.ratelimit")
@@ -208,40 +206,30 @@ def _unavailable(limit: Counter, exc: Exception) -> None:
     raise ServiceUnavailable(_UNAVAILABLE) from exc
 
 
-# asyncio clients of the rate-limit cache's Redis, one per event loop (they are bound to it).
-_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _INCREMENT_SHA = hashlib.sha1(_INCREMENT.encode()).hexdigest()  # noqa: S324 - Redis's name for it
 
 
 async def ahit(request, *, name: str, key: KeyFunc) -> None:
     """:func:`hit` from the event loop, without a thread (a chat socket's send): the same
-    counter, script and fail-open or fail-closed rule, on an asyncio client."""
+    counter, script and fail-open or fail-closed rule, on the loop's line to that Redis
+    (medease.redis_line: EVALSHA without redis-py's per-command wrapping)."""
     if not settings.RATELIMIT_ENABLE:
         return
     cache = caches[settings.RATELIMIT_USE_CACHE]
     if _redis_client(cache) is None:  # the local-memory cache: no I/O to wait for
         return hit(request, name=name, key=key)
     limit = counter(name, key(name, request))
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        location = settings.CACHES[settings.RATELIMIT_USE_CACHE]["LOCATION"]
-        # django-redis writes to the first of its servers.
-        first = location.split(",")[0] if isinstance(location, str) else location[0]
-        client = _async_clients[loop] = aioredis.Redis.from_url(
-            first,
-            socket_timeout=settings.CACHE_SOCKET_TIMEOUT,
-            socket_connect_timeout=settings.CACHE_SOCKET_TIMEOUT,
-        )
-    # EVALSHA directly, not through redis-py's AsyncScript, whose isinstance check against
-    # a typing Protocol cost more than the rest of the call.
-    args = (cache.make_key(limit.key), 1, limit.ttl_ms)
+    location = settings.CACHES[settings.RATELIMIT_USE_CACHE]["LOCATION"]
+    # django-redis writes to the first of its servers.
+    first = location.split(",")[0] if isinstance(location, str) else location[0]
+    redis = redis_line.line(first, timeout=settings.CACHE_SOCKET_TIMEOUT)
+    args = ("EVALSHA", _INCREMENT_SHA, 1, cache.make_key(limit.key), 1, limit.ttl_ms)
     try:
         try:
-            count = int(await client.evalsha(_INCREMENT_SHA, 1, *args))
+            count = int(await redis.call(*args))
         except NoScriptError:  # a Redis that has not seen the script yet (or restarted)
-            await client.script_load(_INCREMENT)
-            count = int(await client.evalsha(_INCREMENT_SHA, 1, *args))
+            await redis.call("SCRIPT", "LOAD", _INCREMENT)
+            count = int(await redis.call(*args))
     except Exception as exc:  # Redis down or timing out: decide per limit.
         return _unavailable(limit, exc)
     usage = limit.usage(count)

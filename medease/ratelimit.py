@@ -115,6 +115,7 @@ def _window_end(value: str, period: int, now: int) -> int:
     return end + period if end < now else end
 
 
+@functools.lru_cache(maxsize=4096)  # a user's sends in one window share their key
 def _counter_key(name: str, rate: tuple[int, int], value: str, window: int) -> str:
     # Hashed: key values can be e-mail addresses, which stay out of Redis key names. The
     # same key as django-ratelimit's, so counters carry over a rolling deploy.
@@ -209,21 +210,33 @@ def _unavailable(limit: Counter, exc: Exception) -> None:
 _INCREMENT_SHA = hashlib.sha1(_INCREMENT.encode()).hexdigest()  # noqa: S324 - Redis's name for it
 
 
+# The rate-limit cache's backends that keep counters in Redis (medease.redis_clients wraps
+# django-redis's).
+_REDIS_BACKENDS = ("django_redis.", "medease.redis_clients.")
+
+
+@functools.cache
+def _make_key():
+    # The cache's own make_key (prefix, version, key function), from the process's first
+    # cache object: looking the cache up per call costs a context-local read each time.
+    return caches[settings.RATELIMIT_USE_CACHE].make_key
+
+
 async def ahit(request, *, name: str, key: KeyFunc) -> None:
     """:func:`hit` from the event loop, without a thread (a chat socket's send): the same
     counter, script and fail-open or fail-closed rule, on the loop's line to that Redis
     (medease.redis_line: EVALSHA without redis-py's per-command wrapping)."""
     if not settings.RATELIMIT_ENABLE:
         return
-    cache = caches[settings.RATELIMIT_USE_CACHE]
-    if _redis_client(cache) is None:  # the local-memory cache: no I/O to wait for
+    cache = settings.CACHES[settings.RATELIMIT_USE_CACHE]
+    if not cache["BACKEND"].startswith(_REDIS_BACKENDS):  # no I/O to wait for
         return hit(request, name=name, key=key)
     limit = counter(name, key(name, request))
-    location = settings.CACHES[settings.RATELIMIT_USE_CACHE]["LOCATION"]
     # django-redis writes to the first of its servers.
+    location = cache["LOCATION"]
     first = location.split(",")[0] if isinstance(location, str) else location[0]
     redis = redis_line.line(first, timeout=settings.CACHE_SOCKET_TIMEOUT)
-    args = ("EVALSHA", _INCREMENT_SHA, 1, cache.make_key(limit.key), 1, limit.ttl_ms)
+    args = ("EVALSHA", _INCREMENT_SHA, 1, _make_key()(limit.key), 1, limit.ttl_ms)
     try:
         try:
             count = int(await redis.call(*args))

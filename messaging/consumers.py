@@ -62,7 +62,7 @@ from messaging.api import plain_send_input
 from messaging.audit import audit_chat_read, audit_message_created
 from messaging.middleware import handshake_db
 from messaging.models import Message
-from messaging.scope import ScopeRequest
+from messaging.scope import ScopeRequest, keep_client_address_headers
 from messaging.serializers import MAX_ID, MessageSendInput, message_payload
 from visits import events as call_events
 from visits import selectors as call_selectors
@@ -338,6 +338,7 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         self.consultation_id = int(self.scope["url_route"]["kwargs"]["consultation_id"])
         # This socket's audit events share one id, as an HTTP request's do.
         self.request_id = _connection_id(self.scope)
+        keep_client_address_headers(self.scope)  # the handshake's are read by now
 
         auth_error = self.scope.get("auth_error")
         if auth_error == "unavailable":

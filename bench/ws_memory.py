@@ -60,9 +60,13 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=12, help="tracemalloc stack depth")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before the snapshot")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--target", choices=("medease", "relay"), default="medease",
+        help="relay: the floor (bench/relay.py), to compare its figures with MedEase's",
+    )  # fmt: skip
     args = parser.parse_args()
 
-    from bench.ws_bench import Bench, raise_open_files, rss_kib, stop, wait_for
+    from bench.ws_bench import APPS, Bench, raise_open_files, rss_kib, stop, wait_for
     from tests.procfile import procfile_web_command
 
     raise_open_files(args.sockets + 64)
@@ -80,6 +84,7 @@ def main() -> int:
 
         port = free_port()
         command = procfile_web_command(port)
+        command[command.index("config.asgi:application")] = APPS[args.target]
         command = [sys.executable, __file__, "--serve", *command[3:]]
         env = {
             **bench.env,
@@ -97,7 +102,8 @@ def main() -> int:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited; see {log}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=2):
+                path = "/health/live" if args.target == "medease" else "/"
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2):
                     return True
             except OSError:
                 return False
@@ -106,7 +112,7 @@ def main() -> int:
         from bench.ws_bench import Server
 
         server = Server.__new__(Server)  # started above, under tracemalloc
-        server.port, server.target, server.process, server.log = port, "medease", process, log
+        server.port, server.target, server.process, server.log = port, args.target, process, log
 
         def snapshot(n: int) -> tracemalloc.Snapshot:
             process.send_signal(signal.SIGUSR1)
@@ -123,7 +129,7 @@ def main() -> int:
         for role in ("patient", "provider"):
             indexes = [i for i, r in enumerate(roles) if r == role]
             for index, ticket in zip(
-                indexes, bench.tickets("medease", role, len(indexes)), strict=True
+                indexes, bench.tickets(args.target, role, len(indexes)), strict=True
             ):
                 tickets[index] = ticket
         sockets, readers = loop.run_until_complete(

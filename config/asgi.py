@@ -9,17 +9,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # get_asgi_application does, with our handler: one thread hand-off per request).
 django.setup(set_prefix=False)
 
-from medease.asgi import OneHopASGIHandler  # noqa: E402
+from medease.asgi import OneHopASGIHandler, ProtocolRouter  # noqa: E402
 
 django_asgi_app = OneHopASGIHandler()
-
-from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from medease.middleware import BodyLengthMiddleware  # noqa: E402
 from messaging.middleware import ChatAuthMiddleware  # noqa: E402
 from messaging.routing import ChatRouter, websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
+application = ProtocolRouter(
     {
         # A chunked body gets its Content-Length here, or a 413 (medease/middleware.py).
         "http": BodyLengthMiddleware(django_asgi_app),

@@ -16,7 +16,7 @@ one thread, so they reach the view as they would under WSGI.
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 
 
@@ -31,3 +31,23 @@ class OneHopASGIHandler(ASGIHandler):
         # thread_sensitive: the same per-request thread (ThreadSensitiveContext) that later
         # closes the response, so the request's database connection is the one released.
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+
+
+class ProtocolRouter:
+    """Channels' ProtocolTypeRouter without a coroutine of its own per connection.
+
+    ``__call__`` hands the server the protocol's application's coroutine to await instead
+    of awaiting it in a frame of its own: a frame that would stay suspended for a
+    websocket's whole life (about 0.3 KiB per idle socket; docs/performance.md, "Handshakes
+    and idle sockets"). Still an ASGI 3 application to servers and test clients.
+    """
+
+    def __init__(self, application_mapping: dict) -> None:
+        self.application_mapping = application_mapping
+
+    @markcoroutinefunction
+    def __call__(self, scope, receive, send):
+        application = self.application_mapping.get(scope["type"])
+        if application is None:
+            raise ValueError(f"No application configured for scope type {scope['type']!r}")
+        return application(scope, receive, send)

@@ -19,6 +19,7 @@ per-socket channel-layer message, dispatch or encode (docs/adr/0005-chat-transpo
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import contextvars
 import functools
@@ -29,6 +30,7 @@ import re
 import threading
 import time
 import uuid
+from array import array
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
@@ -61,7 +63,7 @@ from messaging.api import plain_send_input
 from messaging.audit import audit_chat_read, audit_message_created, message_created_origin
 from messaging.middleware import handshake_db
 from messaging.models import Message
-from messaging.scope import ScopeRequest
+from messaging.scope import ScopeRequest, keep_client_address_headers
 from messaging.serializers import MAX_ID, MessageSendInput, message_payload
 from visits import events as call_events
 from visits import selectors as call_selectors
@@ -301,6 +303,31 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
     socket writes it to its transport directly. The consumer has no channel-layer channel.
     """
 
+    # Per-socket state that an idle socket never changes is a class default until a socket
+    # sets its own: the instance holds only what it set (memory per idle socket).
+    channel_layer = None
+    # No channel-layer groups (the hub carries the events): no empty list per socket.
+    groups = ()
+    hub: hub.Hub | None = None
+    present = False
+    # The highest message id this socket has delivered (or the client's ?after=): what a
+    # client that fell behind replays after.
+    last_id: int | None = None
+    fell_behind = False
+    # Live messages held back while a replay or this socket's own send is under way (then
+    # released without what the replay or the acknowledgement already sent).
+    held: list | None = None
+    # (message id, future) while this socket's acknowledgement waits for that message's
+    # fan-out copy.
+    awaiting: tuple[int, asyncio.Future] | None = None
+    # Frames waiting for a transport above its high-water mark (see _write).
+    backlog: deque | None = None
+    backlog_bytes = 0
+    drain: asyncio.Future | None = None
+    # The times of the socket's recent inbound events (see _take_inbound_budget).
+    inbound: array | None = None
+    last_typing = float("-inf")
+
     # --- Lifecycle ----------------------------------------------------------------------
 
     async def __call__(self, scope, receive, send):
@@ -308,15 +335,11 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         # (and its receive task) per socket, no close_old_connections hop per frame (the
         # database work runs in database_sync_to_async, which does that itself).
         self.scope = scope
-        self.channel_layer = None
         self.base_send = send
         try:
             while True:
-                message = await receive()
-                handler = getattr(self, get_handler_name(message), None)
-                if handler is None:
-                    raise ValueError(f"No handler for message type {message['type']}")
-                await handler(message)
+                # No local keeps the last event or its handler while the socket waits.
+                await self._dispatch(await receive())
         except StopConsumer:
             pass
         except Exception as exc:
@@ -334,29 +357,19 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await self.disconnect(code)
 
+    async def _dispatch(self, message: dict) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
     async def connect(self):
         self.user = self.scope.get("user") or AnonymousUser()
         self.user_id = self.user.pk
         self.consultation_id = int(self.scope["url_route"]["kwargs"]["consultation_id"])
-        self.hub = None
-        self.present = False
-        # The highest message id this socket has delivered (or the client's ?after=): what
-        # a client that fell behind replays after.
-        self.last_id: int | None = None
-        self.fell_behind = False
-        # Live messages held back while a replay or this socket's own send is under way
-        # (then released without what the replay or the acknowledgement already sent).
-        self.held: list | None = None
-        # (message id, future) while this socket's acknowledgement waits for that message's
-        # fan-out copy.
-        self.awaiting: tuple[int, asyncio.Future] | None = None
-        # Frames waiting for a transport above its high-water mark (see _write).
-        self.backlog: deque | None = None
-        self.backlog_bytes = 0
-        self.inbound: deque[float] = deque()
-        self.last_typing = float("-inf")
         # This socket's audit events share one id, as an HTTP request's do.
         self.request_id = _connection_id(self.scope)
+        keep_client_address_headers(self.scope)  # the handshake's are read by now
 
         auth_error = self.scope.get("auth_error")
         if auth_error == "unavailable":
@@ -388,8 +401,8 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         # Subscribed only now, after the permission check: the consultation's events, and
         # the user's own through which revocation closes this socket. join() returns once
         # Redis confirmed the subscription, so nothing committed from here on is missed.
-        self.last_id = after
         if after is not None:
+            self.last_id = after
             self.held = []
         self.hub = hub.current()
         try:
@@ -515,12 +528,18 @@ class ConsultationChatConsumer(AsyncWebsocketConsumer):
         """Sliding window per connection; the seconds to wait when it is used up."""
         now = time.monotonic()
         window = settings.MESSAGING_WS_RATE_WINDOW_SECONDS
-        while self.inbound and self.inbound[0] <= now - window:
-            self.inbound.popleft()
-        if len(self.inbound) >= settings.MESSAGING_WS_RATE_EVENTS:
+        inbound = self.inbound
+        if inbound is None:
+            # Made on the first event (an idle socket has none); 8 bytes a time, oldest
+            # first, where a deque allocated a 64-slot block and a float object per time.
+            inbound = self.inbound = array("d")
+        expired = bisect.bisect_right(inbound, now - window)
+        if expired:
+            del inbound[:expired]
+        if len(inbound) >= settings.MESSAGING_WS_RATE_EVENTS:
             # Whole seconds, at least 1, like the REST API's Retry-After.
-            return max(1, math.ceil(self.inbound[0] + window - now))
-        self.inbound.append(now)
+            return max(1, math.ceil(inbound[0] + window - now))
+        inbound.append(now)
         return None
 
     async def _on_send(self, event: dict) -> None:

@@ -169,13 +169,15 @@ def current() -> Hub:
 
 
 class _Room(set):
-    """The local sockets of one channel, and the subscription's confirmation."""
+    """The local sockets of one channel, the subscription that carries it, and that
+    subscription's confirmation until it came (or its failure: later joins are refused)."""
 
-    __slots__ = ("ready",)
+    __slots__ = ("ready", "subscription")
 
     def __init__(self) -> None:
         super().__init__()
         self.ready: asyncio.Future | None = None
+        self.subscription: _Subscription | None = None
 
 
 class Hub:
@@ -204,6 +206,7 @@ class Hub:
             if _redis_url():
                 if self.subscription is None:
                     self.subscription = _Subscription(self)
+                room.subscription = self.subscription
                 room.ready = self.subscription.subscribe(channel)
         room.add(socket)
         if room.ready is not None and not room.ready.done():
@@ -212,6 +215,7 @@ class Hub:
             except BaseException:
                 self.leave(group, socket)
                 raise
+            room.ready = None  # confirmed: a future per room is not kept while it is open
         elif room.ready is not None and room.ready.exception() is not None:
             self.leave(group, socket)
             raise room.ready.exception()
@@ -258,7 +262,7 @@ class Hub:
         sockets = set()
         for channel in list(self.rooms):
             room = self.rooms[channel]
-            if room.ready is not None and subscription.owns(room.ready):
+            if room.subscription is subscription:
                 sockets.update(room)
                 del self.rooms[channel]
         logger.warning(
@@ -282,20 +286,17 @@ class _Subscription:
             _redis_url(), protocol=2, socket_timeout=None, socket_connect_timeout=2
         )
         self.connection = self.pool.make_connection()
-        self.pending: dict[bytes, collections.deque[asyncio.Future]] = {}
-        self.futures: weakref.WeakSet[asyncio.Future] = weakref.WeakSet()
+        # Confirmations awaited per channel, in the order its SUBSCRIBEs went out (more than
+        # one when the channel was left and joined again before the first was confirmed).
+        self.pending: dict[bytes, list[asyncio.Future]] = {}
         self.commands: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
         self.last_seen = time.monotonic()
         self.closed = False
         self.task = asyncio.ensure_future(self._run())
 
-    def owns(self, future: asyncio.Future) -> bool:
-        return future in self.futures
-
     def subscribe(self, channel: bytes) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        self.futures.add(future)
-        self.pending.setdefault(channel, collections.deque()).append(future)
+        self.pending.setdefault(channel, []).append(future)
         self.commands.put_nowait(("SUBSCRIBE", channel))
         return future
 
@@ -360,7 +361,7 @@ class _Subscription:
             elif kind == b"subscribe":
                 queue = self.pending.get(response[1])
                 if queue:
-                    future = queue.popleft()
+                    future = queue.pop(0)
                     if not queue:
                         del self.pending[response[1]]
                     if not future.done():

@@ -117,7 +117,9 @@ def handshake_db(func):
         call = DatabaseSyncToAsync(
             on_primary_and_let_go, thread_sensitive=False, executor=_handshake_executor
         )
-        return await call(*args, **kwargs)
+        # In a task of its own: SyncToAsync sets context variables in its caller's context
+        # (and copies back the thread's), which the socket's task would keep for its life.
+        return await asyncio.ensure_future(call(*args, **kwargs))
 
     return run
 

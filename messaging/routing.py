@@ -1,5 +1,6 @@
 """Websocket routes (docs/api.md, "Websocket")."""
 
+from asgiref.sync import markcoroutinefunction
 from django.urls import path
 
 from messaging.consumers import ConsultationChatConsumer
@@ -14,17 +15,21 @@ websocket_urlpatterns = [
 
 
 class ChatRouter:
-    """Channels' URLRouter for these routes, without its copy of the scope.
+    """Channels' URLRouter for these routes, without its copy of the scope or a frame.
 
     URLRouter passes ``dict(scope, url_route=...)`` down, and that copy (with the one it was
     made from) stays referenced for the socket's whole life: here ``url_route`` is set on
-    the scope itself (docs/performance.md, "Chat delivery": memory per idle socket).
+    the scope itself. And it awaits the consumer in a frame of its own (as does the
+    consumer's ``as_asgi`` wrapper), suspended for as long as the socket is open: here the
+    consumer is made from the route's class and its coroutine handed to the caller to
+    await (docs/performance.md, "Handshakes and idle sockets": memory per idle socket).
     """
 
     def __init__(self, routes) -> None:
         self.routes = routes
 
-    async def __call__(self, scope, receive, send):
+    @markcoroutinefunction
+    def __call__(self, scope, receive, send):
         path_ = scope["path"]
         root_path = scope.get("root_path", "")
         if root_path and path_.startswith(root_path):
@@ -34,6 +39,12 @@ class ChatRouter:
             match = route.pattern.match(path_)
             if match:
                 _rest, args, kwargs = match
-                scope["url_route"] = {"args": args, "kwargs": {**kwargs, **route.default_args}}
-                return await route.callback(scope, receive, send)
+                if route.default_args:
+                    kwargs = {**kwargs, **route.default_args}
+                scope["url_route"] = {"args": args, "kwargs": kwargs}
+                consumer_class = getattr(route.callback, "consumer_class", None)
+                if consumer_class is None:  # a plain ASGI application
+                    return route.callback(scope, receive, send)
+                consumer = consumer_class(**route.callback.consumer_initkwargs)
+                return consumer(scope, receive, send)
         raise ValueError(f"No route found for path {path_!r}.")

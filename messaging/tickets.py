@@ -21,6 +21,7 @@ issued before it; the sockets already open are closed by the chat's own listener
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import pickle
@@ -208,7 +209,9 @@ async def aticket_take(*, raw: str) -> dict | None:
     """:func:`ticket_take` from the event loop, without a thread (one Redis round trip)."""
     if not _valid_raw(raw):
         return None
-    cache = caches[_CACHE_ALIAS]
+    # Looked up in a copy of the context: Django keeps the backends it hands out per context
+    # (an asgiref Local), and the socket's task would keep that storage for its whole life.
+    cache = contextvars.copy_context().run(caches.__getitem__, _CACHE_ALIAS)
     if not _is_redis(cache):
         return _locmem_take(cache, raw)  # in process memory: nothing to wait for
     try:

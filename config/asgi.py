@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django, websockets through Channels."""
 
+import gc
 import os
 
 import django
@@ -16,6 +17,11 @@ django_asgi_app = OneHopASGIHandler()
 from medease.middleware import BodyLengthMiddleware  # noqa: E402
 from messaging.middleware import ChatAuthMiddleware  # noqa: E402
 from messaging.routing import ChatRouter, websocket_urlpatterns  # noqa: E402
+
+# What start-up made lives as long as the process: out of the collector's sight, so a full
+# collection walks only what requests and sockets made (with 5,000 sockets open it paused
+# the event loop long enough to show in delivery latency).
+gc.freeze()
 
 application = ProtocolRouter(
     {

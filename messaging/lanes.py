@@ -74,6 +74,14 @@ def _conninfo() -> str:
     )
 
 
+def _prepare_threshold() -> int | None:
+    # Behind PgBouncer in transaction mode (the setting that says so also turns named
+    # cursors off) a prepared statement may land on another server connection: not there.
+    if settings.DATABASES[_alias()].get("DISABLE_SERVER_SIDE_CURSORS"):
+        return None
+    return 5  # psycopg's default: prepared from the fifth execution on
+
+
 @contextlib.asynccontextmanager
 async def lane(consultation_id: int) -> AsyncIterator[psycopg.AsyncConnection]:
     """Hold the consultation's lane; yields its connection (opened if need be)."""
@@ -84,7 +92,9 @@ async def lane(consultation_id: int) -> AsyncIterator[psycopg.AsyncConnection]:
     held = lanes[consultation_id % SEND_LANES]
     async with held.lock:
         if held.connection is None or held.connection.closed:
-            held.connection = await psycopg.AsyncConnection.connect(_conninfo(), autocommit=True)
+            held.connection = await psycopg.AsyncConnection.connect(
+                _conninfo(), autocommit=True, prepare_threshold=_prepare_threshold()
+            )
             _opened.append(held)
         try:
             yield held.connection

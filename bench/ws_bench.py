@@ -216,7 +216,8 @@ class Bench:
         if len(self.cpus) < 2 or not shutil.which("taskset"):
             print("warning: fewer than 2 cores or no taskset; not pinning", file=sys.stderr)
             return None
-        server = self.args.server_cpu if self.args.server_cpu in self.cpus else self.cpus[0]
+        wanted = getattr(self.args, "server_cpu", None)  # ws_soak and ws_memory have none
+        server = wanted if wanted in self.cpus else self.cpus[0]
         os.sched_setaffinity(0, set(self.cpus) - {server})
         return server
 
@@ -516,7 +517,7 @@ class Bench:
         """With ``--profile DIR``: py-spy samples each MedEase server over the sending phase,
         counting only samples that hold the GIL (CPU, not waits), as raw collapsed stacks
         for bench/profile_top.py. The relay is not profiled."""
-        if not self.args.profile or servers[0].target != "medease":
+        if not getattr(self.args, "profile", None) or servers[0].target != "medease":
             return []
         out = Path(self.args.profile)
         out.mkdir(parents=True, exist_ok=True)

@@ -205,7 +205,8 @@ _lanes_lock = threading.Lock()
 
 
 def _send_lane(consultation_id: int) -> SyncToAsync:
-    """Where a consultation's websocket sends run in this process.
+    """Where a consultation's websocket sends that take the full path run in this process
+    (the usual send is one statement on the event loop instead: messaging.lanes).
 
     Not on channels' one database thread, which every socket of the process shares (one
     send at a time, each waiting on its ~10 round trips): on PostgreSQL a consultation's

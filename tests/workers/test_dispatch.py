@@ -167,6 +167,11 @@ def test_a_real_worker_delivers_a_booking_with_no_sweep(
     assert smtp_sink.handler.count() == 1, worker.log()[-3000:]
     [message] = smtp_sink.messages
     assert message["To"] == patient.email
+    # The row is marked sent after the SMTP server has the message: wait for the task to end.
+    outcome = worker.wait_for(
+        r"Task workers\.deliver_notification\[[0-9a-f-]+\] succeeded in [0-9.]+s: '(\w+)'"
+    )
+    assert outcome[1] == "sent"
     notification = Notification.objects.get(user=patient)
     assert notification.status == NotificationStatus.SENT
     assert notification.attempts == 1

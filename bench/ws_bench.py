@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -76,6 +77,8 @@ from tests.procfile import procfile_web_command  # noqa: E402
 TARGETS = ("relay", "medease")
 APPS = {"relay": "bench.relay:app", "medease": "config.asgi:application"}
 DELIVERY_DEADLINE = 10.0
+LATE_MS = 100.0
+CLIENT_ID = re.compile(r'"client_id":\s*"([^"]*)"')
 CONNECT_CONCURRENCY = 50
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
@@ -146,6 +149,11 @@ class Run:
     nodes: int = 1
     idle_core_share: float | None = None  # idle runs: server CPU seconds per second
     load1: float = 0.0  # the machine's 1-minute load average at the end of the run
+    # Where the tail is: deliveries over LATE_MS, counted by the second (from the first
+    # send) their message was sent in; and that first send's wall-clock time, to line the
+    # seconds up with a server's logs.
+    late_by_second: dict | None = None
+    began_at: float = 0.0
 
 
 class Server:
@@ -418,9 +426,11 @@ class Bench:
                 flagged.add(index)
             if not frame.startswith('{"type":"message"'):
                 return
-            client_id = json.loads(frame)["message"]["client_id"]
-            if index in wanted.get(client_id, ()):
-                arrivals.setdefault(client_id, {})[index] = now
+            # A search, not a parse: this process reads every socket's frames on one core,
+            # and MedEase's frames (sender, times, ...) cost more to parse than the relay's.
+            found = CLIENT_ID.search(frame)
+            if found and index in wanted.get(found[1], ()):
+                arrivals.setdefault(found[1], {})[index] = now
 
         tickets: list[str] = []
         for role in ("patient", "provider"):
@@ -436,20 +446,28 @@ class Bench:
         # Presence, groups, subscriptions settle (a few seconds more for thousands).
         await asyncio.sleep(2.0 + len(rooms) / 1000)
         rss_idle = sum(rss_kib(server.pid) for server in servers)
+        # This process holds as many sockets as the server: a full collection here would
+        # hold up reading and count against either server alike, so what the run opened is
+        # kept out of this collector's sight until the sockets close.
+        gc.collect()
+        gc.freeze()
 
         def cpu() -> float:
             return sum(cpu_seconds(server.pid) for server in servers)
 
         idle_core_share = None
         if not plan:
+            profilers = self.profile(servers, scenario, round_, idle_seconds)
             cpu_before = cpu()
             await asyncio.sleep(idle_seconds)
             idle_core_share = round((cpu() - cpu_before) / idle_seconds, 4)
+            self.wait_for_profilers(profilers)
 
         sent_at: dict[str, float] = {}
         profilers = self.profile(servers, scenario, round_, len(plan) / rate) if plan else []
         cpu_before = cpu()
         begin = time.perf_counter()
+        began_at = time.time()
         for n, (sender, recipients) in enumerate(plan):
             due = begin + n / rate
             delay = due - time.perf_counter()
@@ -469,18 +487,19 @@ class Bench:
                 break
             await asyncio.sleep(0.02)
         cpu_used = cpu() - cpu_before
-        for profiler in profilers:  # py-spy writes its stacks when its --duration is up
-            try:
-                profiler.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                profiler.send_signal(signal.SIGINT)
-                profiler.wait(timeout=30)
+        self.wait_for_profilers(profilers)
 
         latencies = [
             (t - sent_at[client_id]) * 1000
             for client_id, times in arrivals.items()
             for t in times.values()
         ]
+        late_by_second: dict[str, int] = {}
+        for client_id, times in arrivals.items():
+            late = sum(1 for t in times.values() if (t - sent_at[client_id]) * 1000 > LATE_MS)
+            if late:
+                second = str(int(sent_at[client_id] - begin))
+                late_by_second[second] = late_by_second.get(second, 0) + late
         delivered = len(latencies)
         missed_but_told = sum(
             1
@@ -492,6 +511,7 @@ class Bench:
         for code in closed.values():
             codes[str(code)] = codes.get(str(code), 0) + 1
         await self.close_sockets(sockets, readers)
+        gc.unfreeze()
         return Run(
             scenario=scenario,
             target=target,
@@ -511,12 +531,24 @@ class Bench:
             nodes=len(servers),
             idle_core_share=idle_core_share,
             load1=round(os.getloadavg()[0], 2),
+            late_by_second=late_by_second if plan else None,
+            began_at=round(began_at, 3),
         )
 
+    @staticmethod
+    def wait_for_profilers(profilers) -> None:
+        for profiler in profilers:  # py-spy writes its stacks when its --duration is up
+            try:
+                profiler.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(timeout=30)
+
     def profile(self, servers, scenario: str, round_: int, seconds: float) -> list:
-        """With ``--profile DIR``: py-spy samples each MedEase server over the sending phase,
-        counting only samples that hold the GIL (CPU, not waits), as raw collapsed stacks
-        for bench/profile_top.py. The relay is not profiled."""
+        """With ``--profile DIR``: py-spy samples each MedEase server over the sending phase
+        (or the quiet one of an idle run), counting only samples that hold the GIL (CPU, not
+        waits), as raw collapsed stacks for bench/profile_top.py. The relay is not
+        profiled."""
         if not getattr(self.args, "profile", None) or servers[0].target != "medease":
             return []
         out = Path(self.args.profile)
@@ -859,6 +891,9 @@ def main() -> None:
              *(2 * n for n in args.two_node), *args.idle, 1])
     )  # fmt: skip
 
+    # The load generator's collector works in the same batches as the web process's
+    # (WEB_GC_THRESHOLDS), for the same reason.
+    gc.set_threshold(50_000, 20, 10)
     started = time.monotonic()
     load_before = os.getloadavg()
     runs = Bench(args).run()

@@ -10,6 +10,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # get_asgi_application does, with our handler: one thread hand-off per request).
 django.setup(set_prefix=False)
 
+from django.conf import settings  # noqa: E402
+
 from medease.asgi import OneHopASGIHandler, ProtocolRouter  # noqa: E402
 
 django_asgi_app = OneHopASGIHandler()
@@ -22,6 +24,7 @@ from messaging.routing import ChatRouter, websocket_urlpatterns  # noqa: E402
 # collection walks only what requests and sockets made (with 5,000 sockets open it paused
 # the event loop long enough to show in delivery latency).
 gc.freeze()
+gc.set_threshold(*settings.WEB_GC_THRESHOLDS)  # why: config/settings.py
 
 application = ProtocolRouter(
     {

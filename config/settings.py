@@ -690,6 +690,18 @@ MESSAGING_OFFLINE_NOTIFY_SECONDS = _positive_int("MESSAGING_OFFLINE_NOTIFY_SECON
 # ambient credential, so they are accepted from any origin.
 MESSAGING_WS_ALLOWED_ORIGINS = env.list("MESSAGING_WS_ALLOWED_ORIGINS", default=[])
 
+# The web process's garbage collector (config/asgi.py): thresholds for generations 0, 1, 2.
+# CPython's 700 allocations per young collection promote whatever is in flight at that
+# moment into the old generation, so with thousands of sockets open a full collection
+# (hundreds of milliseconds: every socket's objects walked) came every few seconds under
+# load and stalled every socket's delivery. Larger batches leave the in-flight objects
+# time to die young.
+WEB_GC_THRESHOLDS = tuple(env.list("WEB_GC_THRESHOLDS", cast=int, default=[50_000, 20, 10]))
+if len(WEB_GC_THRESHOLDS) != 3 or min(WEB_GC_THRESHOLDS) <= 0:
+    raise ImproperlyConfigured(
+        f"WEB_GC_THRESHOLDS must be three positive integers, got {WEB_GC_THRESHOLDS!r}."
+    )
+
 # --- Video visits ----------------------------------------------------------------------------
 # WebRTC calls (visits/): media flows browser to browser; MedEase relays the signaling and
 # hands out TURN credentials in the TURN REST form (coturn's use-auth-secret). No TURN_URLS:

@@ -545,7 +545,7 @@ def up(args: argparse.Namespace) -> None:
                 str(port),
                 # The Procfile's websocket flags (docs/adr/0005-chat-transport.md).
                 "--ws",
-                "websockets-sansio",
+                "medease.keepalive:BatchedKeepaliveProtocol",
                 "--ws-per-message-deflate",
                 "false",
                 "--ws-max-size",

@@ -304,7 +304,7 @@ class Node:
                 "--no-access-log",
                 # The Procfile's websocket flags (docs/adr/0005-chat-transport.md).
                 "--ws",
-                "websockets-sansio",
+                "medease.keepalive:BatchedKeepaliveProtocol",
                 "--ws-per-message-deflate",
                 "false",
             ],

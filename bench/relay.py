@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import os
 
 from redis import asyncio as aioredis
+
+# Served as MedEase's web process is (config/asgi.py): what start-up made is out of the
+# collector's sight, and the collector works in the same batches (WEB_GC_THRESHOLDS).
+gc.freeze()
+gc.set_threshold(*(int(n) for n in os.environ.get("WEB_GC_THRESHOLDS", "50000,20,10").split(",")))
 
 _redis = None
 _pubsub = None

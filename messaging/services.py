@@ -296,7 +296,7 @@ async def _aonline(consultation_id: int, user_id: int) -> bool:
     if hub.locally_present(consultation_id, user_id):
         return True
     try:
-        return user_id in await presence.aonline_users(consultation_id=consultation_id)
+        return await presence.ais_online(consultation_id=consultation_id, user_id=user_id)
     except Exception as exc:  # Redis down: the full path counts them offline
         logger.warning("presence unavailable: %s", exc)
         return False

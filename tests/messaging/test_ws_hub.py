@@ -173,6 +173,24 @@ async def test_one_heartbeat_renews_many_entries_and_reports_dead_nodes():
         assert score > now + settings.MESSAGING_PRESENCE_TTL_SECONDS - 5
 
 
+async def test_a_send_sees_a_recipient_online_on_any_node_until_its_entry_expires():
+    """``ais_online`` (the send's check, over the loop's Redis line) reads the same entries
+    as the handshake's ``aonline_users``: another node's live entry counts, an expired one
+    does not, and user 1 is not user 12."""
+    from django_redis import get_redis_connection
+
+    from messaging import presence
+
+    client = get_redis_connection("default")
+    now = time.time()
+    key = presence._KEY.format(consultation_id=903)
+    client.zadd(key, {"12|node:other": now + 30, "5|node:dead": now - 5})
+    assert await presence.ais_online(consultation_id=903, user_id=12)
+    assert not await presence.ais_online(consultation_id=903, user_id=1)
+    assert not await presence.ais_online(consultation_id=903, user_id=5)
+    assert await presence.aonline_users(consultation_id=903) == {12}
+
+
 async def test_without_a_layer_redis_the_hub_delivers_in_process(settings):
     """The embedded mode (one process, no Redis): publishers on any thread reach the
     sockets of the process's event loops directly."""

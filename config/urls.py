@@ -3,7 +3,7 @@ docs and the staff console."""
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
 from attachments.urls import file_urlpatterns as attachment_files
 from medease import views as ops
@@ -30,7 +30,7 @@ urlpatterns = [
     path("files/", include(attachment_files)),
     # The visit page for patients and providers, its sign-in and join links (visits/views.py).
     path("visit/", include(visit_pages)),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", ops.SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("health/live", ops.health_live, name="health-live"),
     path("health/ready", ops.health_ready, name="health-ready"),

@@ -4,7 +4,7 @@ uvicorn pings every socket ``--ws-ping-interval`` seconds after its last ping, e
 timer of its own. Sockets open at scattered moments, so with 5,000 of them the event loop
 woke 250 times a second for one ping each (and again for each pong): waking up, not the
 ping, was most of the cost. 5,000 quiet sockets took 4.7% of a core, where the same sockets
-opened within three seconds, their pings falling due together, took 1.2%.
+opened within three seconds, their pings falling due together, took about 1%.
 
 Here each ping falls due at the end of a slot of :data:`PING_SLOT_SECONDS` on the loop's
 clock, so the pings due in one slot leave in one pass of the loop and their pongs come back

@@ -4,6 +4,7 @@ Prometheus metrics."""
 from __future__ import annotations
 
 import hmac
+import threading
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
@@ -12,6 +13,8 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_safe
+from drf_spectacular.utils import extend_schema
+from drf_spectacular.views import SpectacularAPIView
 
 from medease import health, metrics
 from medease.exceptions import error_response
@@ -89,3 +92,17 @@ def api_index(request):
         return request.build_absolute_uri(reverse(names))
 
     return JsonResponse({"name": "MedEase API", "version": "v1", "links": links(API_INDEX)})
+
+
+_generation = threading.Lock()
+
+
+class SchemaView(SpectacularAPIView):
+    """``GET /api/schema/``, one generation at a time: drf-spectacular keeps the view it is
+    inspecting on each view class's shared ``schema`` object, so two requests at once
+    (threads of one process) answered 500 ("Schema generation REQUIRES a view instance")."""
+
+    @extend_schema(exclude=True)  # as drf-spectacular's own view (SERVE_INCLUDE_SCHEMA)
+    def get(self, request, *args, **kwargs):
+        with _generation:
+            return super().get(request, *args, **kwargs)

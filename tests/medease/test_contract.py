@@ -244,8 +244,11 @@ def test_schemathesis_finds_nothing(product, tmp_path):
         tmp_path / "stateful" / "report.xml",
         "--phases",
         "stateful",
-        "--exclude-path",
-        "/api/v1/auth/logout",
+        # Logging out runs last, on its own. Leaving a call keeps it readable (docs/api.md),
+        # which the stateful phase's "deleted resource still available" check cannot know;
+        # the --checks flag overrides the per-operation switch in schemathesis.toml.
+        "--exclude-name-regex",
+        r"^(\w+ /api/v1/auth/logout|DELETE /api/v1/consultations/\{consultation_id\}/call)$",
     )
     summary = output[output.rfind("= SUMMARY =") :] or output[-4000:]
     assert code == 0, f"schemathesis found failures in the stateful phase:\n{findings(output)}"

@@ -246,7 +246,7 @@ def test_schemathesis_finds_nothing(product, tmp_path):
         "stateful",
         # Logging out runs last, on its own. Leaving a call keeps it readable (docs/api.md),
         # which the stateful phase's "deleted resource still available" check cannot know;
-        # the --checks flag overrides the per-operation switch in schemathesis.toml.
+        # a per-operation switch in schemathesis.toml would not do: --checks overrides it.
         "--exclude-name-regex",
         r"^(\w+ /api/v1/auth/logout|DELETE /api/v1/consultations/\{consultation_id\}/call)$",
     )
